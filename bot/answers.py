@@ -1,0 +1,194 @@
+"""Answers: a person's label for an item, with history; and importing labelled examples."""
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from bot.errors import BadInputError, NotFoundError
+from bot.ingest import IncomingItem, check_batch, describe_labels
+from bot.storage.schema import (
+    IMPORT_USER,
+    KIND_LABEL,
+    KIND_SKIP,
+    SOURCE_PERSON,
+    Answer,
+    Item,
+    ReviewPrompt,
+    Task,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class AnswerOutcome:
+    """What recording an answer did."""
+
+    answer_id: int
+    changed: bool  # False when the same answer was already current (a repeated click)
+    final_label: str | None
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    """What an import wrote."""
+
+    items_created: int
+    answers_written: int
+    unchanged: int
+
+
+def current_answers(session: Session, item_id: int) -> list[Answer]:
+    """The current (not superseded) answers of an item, oldest first."""
+    query = select(Answer).where(Answer.item_id == item_id, Answer.is_current.is_(True))
+    return list(session.scalars(query.order_by(Answer.created_at, Answer.id)))
+
+
+def decide_final(answers: Sequence[Answer]) -> Answer | None:
+    """The answer that decides an item's label: the majority, ties going to the latest."""
+    labelled = [a for a in answers if a.kind == KIND_LABEL and a.label is not None]
+    if not labelled:
+        return None
+    counts = Counter(a.label for a in labelled)
+    best = max(counts.values())
+    return [a for a in labelled if counts[a.label] == best][-1]
+
+
+def refresh_final(session: Session, item: Item, *, now: datetime) -> None:
+    """Recompute an item's final label from its current human answers."""
+    decided = decide_final(current_answers(session, item.id))
+    if decided is None:
+        if item.final_source == SOURCE_PERSON:
+            item.final_label, item.final_source, item.resolved_at = None, None, None
+        return
+    if item.final_source != SOURCE_PERSON or item.resolved_at is None:
+        item.resolved_at = now
+    item.final_label = decided.label
+    item.final_source = SOURCE_PERSON
+
+
+def record_answer(
+    session: Session,
+    item: Item,
+    user_id: str,
+    *,
+    label: str | None,
+    kind: str = KIND_LABEL,
+    now: datetime | None = None,
+) -> AnswerOutcome:
+    """Store `user_id`'s answer; an earlier answer of theirs is kept as history.
+
+    The same answer given twice changes nothing, so repeated deliveries are harmless.
+    """
+    now = now or utcnow()
+    task = item.task
+    if kind == KIND_LABEL:
+        if label is None or label not in task.labels:
+            raise BadInputError(
+                f"unknown label {label!r}; known labels: {describe_labels(task.labels)}"
+            )
+    elif kind == KIND_SKIP:
+        label = None
+    else:
+        raise BadInputError(f"unknown answer kind {kind!r}")
+    previous = session.scalar(
+        select(Answer)
+        .where(Answer.item_id == item.id, Answer.user_id == user_id, Answer.is_current.is_(True))
+        .with_for_update()
+    )
+    if previous is not None and previous.kind == kind and previous.label == label:
+        return AnswerOutcome(previous.id, changed=False, final_label=item.final_label)
+    if previous is not None:
+        previous.is_current = False
+        previous.superseded_at = now
+        session.flush()  # the partial unique index must see the old row retired first
+    answer = Answer(item_id=item.id, user_id=user_id, kind=kind, label=label, created_at=now)
+    session.add(answer)
+    session.flush()
+    refresh_final(session, item, now=now)
+    if item.final_source == SOURCE_PERSON:
+        session.execute(
+            update(ReviewPrompt)
+            .where(ReviewPrompt.item_id == item.id, ReviewPrompt.status == "pending")
+            .values(status="answered", updated_at=now)
+        )
+    return AnswerOutcome(answer.id, changed=True, final_label=item.final_label)
+
+
+def get_item(session: Session, item_id: int, *, lock: bool = False) -> Item:
+    """An item by its internal id."""
+    query = select(Item).where(Item.id == item_id)
+    if lock:
+        query = query.with_for_update()
+    item = session.scalar(query)
+    if item is None:
+        raise NotFoundError(f"no item #{item_id}")
+    return item
+
+
+def import_examples(
+    session: Session,
+    task: Task,
+    rows: Sequence[IncomingItem],
+    *,
+    max_chars: int,
+    now: datetime | None = None,
+) -> ImportOutcome:
+    """Store labelled examples as answers by `import`; rows with a known id update that item."""
+    checked = check_batch(rows, labels=task.labels, max_chars=max_chars)
+    now = now or utcnow()
+    ids = [row.external_id for row in checked if row.external_id is not None]
+    existing: dict[str, Item] = {}
+    for start in range(0, len(ids), 500):
+        query = select(Item).where(
+            Item.task_id == task.id, Item.external_id.in_(ids[start : start + 500])
+        )
+        existing.update({item.external_id: item for item in session.scalars(query) if item.external_id})
+    fresh = [row for row in checked if row.external_id is None or row.external_id not in existing]
+    written = unchanged = 0
+    for row in checked:
+        item = existing.get(row.external_id) if row.external_id is not None else None
+        if item is None:
+            continue
+        outcome = record_answer(session, item, IMPORT_USER, label=row.label, now=now)
+        written += outcome.changed
+        unchanged += not outcome.changed
+    if fresh:
+        item_ids = list(
+            session.scalars(
+                insert(Item).returning(Item.id, sort_by_parameter_order=True),
+                [
+                    {
+                        "task_id": task.id,
+                        "external_id": row.external_id,
+                        "text": row.text,
+                        "source": "import",
+                        "submitted_at": now,
+                        "route": None,
+                        "final_label": row.label,
+                        "final_source": SOURCE_PERSON,
+                        "resolved_at": now,
+                    }
+                    for row in fresh
+                ],
+            )
+        )
+        session.execute(
+            insert(Answer),
+            [
+                {
+                    "item_id": item_id,
+                    "user_id": IMPORT_USER,
+                    "kind": KIND_LABEL,
+                    "label": row.label,
+                    "created_at": now,
+                    "is_current": True,
+                }
+                for item_id, row in zip(item_ids, fresh, strict=True)
+            ],
+        )
+        written += len(fresh)
+    return ImportOutcome(items_created=len(fresh), answers_written=written, unchanged=unchanged)

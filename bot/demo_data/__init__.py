@@ -1,0 +1,1 @@
+"""A small attributed subset of banking77 for `hitl demo`."""

@@ -1,0 +1,103 @@
+"""Exporting items with their final label and where it came from."""
+
+import csv
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.errors import BadInputError
+from bot.storage.schema import Answer, Item, ModelVersion, Prediction, Task
+
+FIELDS = [
+    "item_id",
+    "id",
+    "text",
+    "source",
+    "submitted_at",
+    "route",
+    "final_label",
+    "label_source",
+    "answered_by",
+    "predicted_label",
+    "confidence",
+    "model_version",
+]
+_BATCH = 2000
+
+
+def export_rows(session: Session, task: Task) -> Iterator[dict[str, Any]]:
+    """One row per item, in submission order, streamed in batches."""
+    last_id = 0
+    while True:
+        items = list(
+            session.scalars(
+                select(Item)
+                .where(Item.task_id == task.id, Item.id > last_id)
+                .order_by(Item.id)
+                .limit(_BATCH)
+            )
+        )
+        if not items:
+            return
+        ids = [item.id for item in items]
+        latest: dict[int, tuple[str | None, float, int | None]] = {}
+        for item_id, label, confidence, version in session.execute(
+            select(Prediction.item_id, Prediction.label, Prediction.confidence, ModelVersion.version)
+            .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+            .where(Prediction.item_id.in_(ids))
+            .order_by(Prediction.id)
+        ):
+            latest[item_id] = (label, confidence, version)
+        who: dict[int, list[str]] = {}
+        for item_id, user_id in session.execute(
+            select(Answer.item_id, Answer.user_id)
+            .where(Answer.item_id.in_(ids), Answer.is_current.is_(True), Answer.label.is_not(None))
+            .order_by(Answer.id)
+        ):
+            who.setdefault(item_id, []).append(user_id)
+        for item in items:
+            label, confidence, version = latest.get(item.id, (None, None, None))
+            yield {
+                "item_id": item.id,
+                "id": item.external_id,
+                "text": item.text,
+                "source": item.source,
+                "submitted_at": item.submitted_at.isoformat(),
+                "route": item.route,
+                "final_label": item.final_label,
+                "label_source": item.final_source or "pending",
+                "answered_by": ",".join(who.get(item.id, [])) or None,
+                "predicted_label": label,
+                "confidence": None if confidence is None else round(confidence, 6),
+                "model_version": version,
+            }
+        last_id = ids[-1]
+
+
+def export_format(filename: str, explicit: str | None) -> str:
+    """'csv' or 'jsonl', from --format or the file's extension."""
+    chosen = explicit or ("jsonl" if filename.endswith((".jsonl", ".json", ".ndjson")) else None)
+    if chosen is None and filename.endswith(".csv"):
+        chosen = "csv"
+    if chosen not in ("csv", "jsonl"):
+        raise BadInputError("cannot tell the format: name the file .csv or .jsonl, or pass --format")
+    return chosen
+
+
+def write_export(rows: Iterator[dict[str, Any]], out: IO[str], *, fmt: str) -> int:
+    """Write rows as CSV or JSON Lines; returns how many were written."""
+    count = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+            count += 1
+    else:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count

@@ -1,0 +1,200 @@
+"""Submitting items: predict in one batch, store items and predictions, route by confidence."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from bot.errors import ConflictError
+from bot.ingest import IncomingItem, check_batch
+from bot.registry import ModelRegistry
+from bot.storage.schema import (
+    ROUTE_AUTO,
+    ROUTE_REVIEW,
+    SOURCE_MODEL,
+    Item,
+    ModelVersion,
+    Prediction,
+    ReviewPrompt,
+    Task,
+    utcnow,
+)
+
+_LOOKUP_CHUNK = 500
+_PROBABILITY_DECIMALS = 5
+
+
+@dataclass(frozen=True)
+class Routed:
+    """The outcome for one submitted item."""
+
+    item_id: int
+    external_id: str | None
+    label: str | None
+    confidence: float
+    route: str
+    model_version: int | None
+    duplicate: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready form, as printed by `hitl submit --json` and the HTTP API."""
+        return {
+            "item_id": self.item_id,
+            "id": self.external_id,
+            "label": self.label,
+            "confidence": round(self.confidence, 6),
+            "route": self.route,
+            "model_version": self.model_version,
+            "duplicate": self.duplicate,
+        }
+
+
+def route_for(confidence: float, threshold: float) -> str:
+    """`auto` when confidence reaches the threshold, else `review`."""
+    return ROUTE_AUTO if confidence >= threshold else ROUTE_REVIEW
+
+
+def _existing(session: Session, task: Task, ids: list[str]) -> dict[str, Item]:
+    found: dict[str, Item] = {}
+    for start in range(0, len(ids), _LOOKUP_CHUNK):
+        chunk = ids[start : start + _LOOKUP_CHUNK]
+        query = select(Item).where(Item.task_id == task.id, Item.external_id.in_(chunk))
+        found.update({item.external_id: item for item in session.scalars(query) if item.external_id})
+    return found
+
+
+def _replay(session: Session, item: Item) -> Routed:
+    prediction = session.scalar(
+        select(Prediction).where(Prediction.item_id == item.id).order_by(Prediction.id.desc())
+    )
+    version = None
+    if prediction is not None and prediction.model_version_id is not None:
+        version = session.scalar(
+            select(ModelVersion.version).where(ModelVersion.id == prediction.model_version_id)
+        )
+    return Routed(
+        item_id=item.id,
+        external_id=item.external_id,
+        label=prediction.label if prediction else item.final_label,
+        confidence=prediction.confidence if prediction else 0.0,
+        route=item.route or ROUTE_REVIEW,
+        model_version=version,
+        duplicate=True,
+    )
+
+
+def submit(
+    session: Session,
+    task: Task,
+    items: Sequence[IncomingItem],
+    *,
+    registry: ModelRegistry,
+    max_chars: int,
+    source: str = "api",
+    now: datetime | None = None,
+) -> list[Routed]:
+    """Classify and store a batch; review items are queued for a person.
+
+    An external id seen before with the same text returns the stored outcome (safe retries);
+    with a different text the whole batch is refused.
+    """
+    checked = check_batch(items, labels=None, max_chars=max_chars)
+    now = now or utcnow()
+    ids = [item.external_id for item in checked if item.external_id is not None]
+    existing = _existing(session, task, ids) if ids else {}
+    for item in checked:
+        old = existing.get(item.external_id) if item.external_id is not None else None
+        if old is not None and old.text != item.text:
+            raise ConflictError(
+                f"{item.where()}: id {item.external_id!r} was submitted before with a different "
+                "text; use a new id"
+            )
+    fresh = [
+        item for item in checked if item.external_id is None or item.external_id not in existing
+    ]
+    loaded = registry.active(session, task)
+    n = len(fresh)
+    if loaded is not None and n:
+        prediction = loaded.classifier.predict([item.text for item in fresh])
+        labels: list[str | None] = list(prediction.predicted)
+        confidences = prediction.confidence
+        probabilities: list[list[float]] | list[None] = np.round(
+            prediction.probabilities, _PROBABILITY_DECIMALS
+        ).tolist()
+    else:
+        labels = [None] * n
+        confidences = np.zeros(n)
+        probabilities = [None] * n
+    routes = [route_for(float(c), task.threshold) if loaded else ROUTE_REVIEW for c in confidences]
+    model_id = loaded.id if loaded else None
+    version = loaded.version if loaded else None
+
+    item_ids: list[int] = []
+    if n:
+        item_ids = list(
+            session.scalars(
+                insert(Item).returning(Item.id, sort_by_parameter_order=True),
+                [
+                    {
+                        "task_id": task.id,
+                        "external_id": item.external_id,
+                        "text": item.text,
+                        "source": source,
+                        "submitted_at": now,
+                        "route": route,
+                        "final_label": label if route == ROUTE_AUTO else None,
+                        "final_source": SOURCE_MODEL if route == ROUTE_AUTO else None,
+                        "resolved_at": now if route == ROUTE_AUTO else None,
+                    }
+                    for item, route, label in zip(fresh, routes, labels, strict=True)
+                ],
+            )
+        )
+        session.execute(
+            insert(Prediction),
+            [
+                {
+                    "item_id": item_id,
+                    "model_version_id": model_id,
+                    "label": label,
+                    "confidence": float(confidence),
+                    "probabilities": probs,
+                    "route": route,
+                    "created_at": now,
+                }
+                for item_id, label, confidence, probs, route in zip(
+                    item_ids, labels, confidences, probabilities, routes, strict=True
+                )
+            ],
+        )
+        review_rows = [
+            {"item_id": item_id, "channel": task.channel, "next_attempt_at": now, "created_at": now,
+             "updated_at": now, "status": "pending", "attempts": 0}
+            for item_id, route in zip(item_ids, routes, strict=True)
+            if route == ROUTE_REVIEW
+        ]
+        if review_rows:
+            session.execute(insert(ReviewPrompt), review_rows)
+
+    made = iter(zip(item_ids, labels, confidences, routes, strict=True))
+    results: list[Routed] = []
+    for item in checked:
+        old = existing.get(item.external_id) if item.external_id is not None else None
+        if old is not None:
+            results.append(_replay(session, old))
+            continue
+        item_id, label, confidence, route = next(made)
+        results.append(
+            Routed(
+                item_id=item_id,
+                external_id=item.external_id,
+                label=label,
+                confidence=float(confidence),
+                route=route,
+                model_version=version,
+            )
+        )
+    return results

@@ -1,0 +1,33 @@
+"""The composition root: settings → engine → sessions → model registry, built once."""
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.registry import ModelRegistry
+from bot.settings import Settings
+from bot.storage.db import make_engine, make_sessionmaker, upgrade
+
+
+@dataclass(frozen=True)
+class Services:
+    """What listeners, jobs and commands are handed; nothing here is global."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    registry: ModelRegistry
+
+
+def build_services(settings: Settings, *, migrate: bool = True) -> Services:
+    """Create the engine, bring the schema up to date and wire the registry."""
+    engine = make_engine(settings.database_url)
+    if migrate:
+        upgrade(engine)
+    return Services(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        registry=ModelRegistry(),
+    )

@@ -1,0 +1,51 @@
+"""Typed settings from the environment and an optional `.env` file."""
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of hitl-bot; environment variables are prefixed with `HITL_` unless noted."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HITL_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = "sqlite:///hitl.db"
+    default_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    admins: str = ""
+    reviewers: str = ""
+    api_token: SecretStr | None = None
+    max_text_chars: int = Field(10_000, ge=1)
+    min_answers_per_label: int = Field(3, ge=3)
+    holdout_share: float = Field(0.2, ge=0.0, lt=1.0)
+    host: str = "0.0.0.0"
+    port: int = 3000
+    retrain_cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    report_window_days: int = Field(7, ge=1)
+    promotion_tolerance: float = Field(0.005, ge=0.0)
+
+    slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
+    slack_app_token: SecretStr | None = Field(None, validation_alias="SLACK_APP_TOKEN")
+    slack_api_url: str = Field("https://slack.com/api/", validation_alias="SLACK_API_URL")
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"
+
+    @property
+    def admin_ids(self) -> frozenset[str]:
+        """Slack user IDs allowed to change thresholds and retrain."""
+        return _split_ids(self.admins)
+
+    @property
+    def reviewer_ids(self) -> frozenset[str]:
+        """Slack user IDs allowed to answer prompts; empty means everyone."""
+        return _split_ids(self.reviewers)
+
+
+def _split_ids(value: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in value.split(",") if part.strip())

@@ -1,0 +1,138 @@
+"""Figures about a task: traffic, routing, answers, queue and the active model."""
+
+import statistics
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session
+
+from bot.registry import active_version
+from bot.storage.schema import (
+    IMPORT_USER,
+    KIND_LABEL,
+    ROUTE_AUTO,
+    ROUTE_REVIEW,
+    SOURCE_PERSON,
+    Answer,
+    Item,
+    Task,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    """A snapshot of one task's figures."""
+
+    task: str
+    labels: int
+    channel: str | None
+    threshold: float
+    items: int
+    auto: int
+    review: int
+    review_queue: int
+    imported: int
+    answers: int
+    items_today: int
+    items_7d: int
+    auto_share_7d: float | None
+    answers_today: int
+    answers_7d: int
+    median_answer_seconds: float | None
+    top_reviewers: list[tuple[str, int]]
+    model_version: int | None
+    model_train_size: int | None
+    model_metrics: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def _count(session: Session, *conditions: Any) -> int:
+    return int(session.scalar(select(func.count()).select_from(Item).where(*conditions)) or 0)
+
+
+def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> TaskStats:
+    """Compute the task's figures; 'today' is the last 24 hours, '7d' the last 7 days."""
+    now = now or utcnow()
+    day, week = now - timedelta(days=1), now - timedelta(days=7)
+    mine = Item.task_id == task.id
+    submitted = and_(mine, Item.source != "import")
+    routes = dict(
+        session.execute(
+            select(Item.route, func.count()).where(submitted).group_by(Item.route)
+        ).all()
+    )
+    auto, review = int(routes.get(ROUTE_AUTO, 0)), int(routes.get(ROUTE_REVIEW, 0))
+    queue = _count(session, mine, Item.route == ROUTE_REVIEW, Item.final_source.is_(None))
+    week_routes = dict(
+        session.execute(
+            select(Item.route, func.count())
+            .where(submitted, Item.submitted_at >= week)
+            .group_by(Item.route)
+        ).all()
+    )
+    items_7d = int(sum(week_routes.values()))
+    people = and_(
+        Answer.kind == KIND_LABEL, Answer.user_id != IMPORT_USER, Item.task_id == task.id
+    )
+    answers_base = select(func.count()).select_from(Answer).join(Item, Item.id == Answer.item_id)
+    answers_total = int(session.scalar(answers_base.where(people)) or 0)
+    answers_today = int(session.scalar(answers_base.where(people, Answer.created_at >= day)) or 0)
+    answers_7d = int(session.scalar(answers_base.where(people, Answer.created_at >= week)) or 0)
+    waits = session.execute(
+        select(Item.submitted_at, func.min(Answer.created_at))
+        .join(Answer, Answer.item_id == Item.id)
+        .where(people, Item.route == ROUTE_REVIEW, Answer.created_at >= week)
+        .group_by(Item.id, Item.submitted_at)
+    ).all()
+    seconds = [
+        (_aware(first) - _aware(submitted_at)).total_seconds() for submitted_at, first in waits
+    ]
+    reviewers = session.execute(
+        select(Answer.user_id, func.count())
+        .join(Item, Item.id == Answer.item_id)
+        .where(people, Answer.created_at >= week)
+        .group_by(Answer.user_id)
+        .order_by(func.count().desc(), Answer.user_id)
+        .limit(5)
+    ).all()
+    model = active_version(session, task)
+    return TaskStats(
+        task=task.name,
+        labels=len(task.labels),
+        channel=task.channel,
+        threshold=task.threshold,
+        items=auto + review + int(routes.get(None, 0)),
+        auto=auto,
+        review=review,
+        review_queue=queue,
+        imported=_count(session, mine, Item.source == "import"),
+        answers=answers_total,
+        items_today=_count(session, submitted, Item.submitted_at >= day),
+        items_7d=items_7d,
+        auto_share_7d=(week_routes.get(ROUTE_AUTO, 0) / items_7d) if items_7d else None,
+        answers_today=answers_today,
+        answers_7d=answers_7d,
+        median_answer_seconds=statistics.median(seconds) if seconds else None,
+        top_reviewers=[(str(user), int(count)) for user, count in reviewers],
+        model_version=model.version if model else None,
+        model_train_size=model.train_size if model else None,
+        model_metrics=dict(model.metrics) if model else {},
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    # func.min() bypasses the column type on SQLite, so the value can come back naive.
+    from datetime import UTC
+
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def labelled_by_person(session: Session, task: Task) -> int:
+    """How many items have a final label given by a person (imports included)."""
+    return _count(session, Item.task_id == task.id, Item.final_source == SOURCE_PERSON)

@@ -1,0 +1,231 @@
+"""The database schema: one DeclarativeBase, SQLAlchemy 2.0 typed mappings."""
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+IntPK = Annotated[int, mapped_column(Integer, primary_key=True)]
+Timestamp = Annotated[datetime, mapped_column(UTCDateTime(), default=utcnow)]
+SlackUser = Annotated[str, mapped_column(String(64))]
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Base of every mapped class."""
+
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: UTCDateTime()}
+
+
+ROUTE_AUTO = "auto"
+ROUTE_REVIEW = "review"
+SOURCE_MODEL = "model"
+SOURCE_PERSON = "person"
+KIND_LABEL = "label"
+KIND_SKIP = "skip"
+IMPORT_USER = "import"
+
+
+class Task(Base):
+    """A classification task: its ordered label set, review channel and threshold."""
+
+    __tablename__ = "task"
+
+    id: Mapped[IntPK]
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    labels: Mapped[list[str]]
+    channel: Mapped[str | None] = mapped_column(String(32))
+    threshold: Mapped[float] = mapped_column(Float)
+    featurizer: Mapped[str] = mapped_column(String(40), default="tfidf")
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp] = mapped_column(onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Task(id={self.id!r}, name={self.name!r}, labels={len(self.labels)})"
+
+
+class Item(Base):
+    """A text submitted for classification, with its current route and final label."""
+
+    __tablename__ = "item"
+    __table_args__ = (
+        UniqueConstraint("task_id", "external_id", name="uq_item_task_external"),
+        Index("ix_item_task_submitted", "task_id", "submitted_at"),
+        Index("ix_item_task_route_final", "task_id", "route", "final_source"),
+    )
+
+    id: Mapped[IntPK]
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"))
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(32))
+    submitted_at: Mapped[Timestamp]
+    # Denormalised from the latest prediction and answers so that queues and stats stay cheap.
+    route: Mapped[str | None] = mapped_column(String(16))
+    final_label: Mapped[str | None] = mapped_column(String(200))
+    final_source: Mapped[str | None] = mapped_column(String(16))
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    task: Mapped[Task] = relationship()
+
+    def __repr__(self) -> str:
+        return f"Item(id={self.id!r}, task_id={self.task_id!r}, route={self.route!r})"
+
+
+class ModelVersion(Base):
+    """A trained model of a task, its metrics and its serialized artifact."""
+
+    __tablename__ = "model_version"
+    __table_args__ = (UniqueConstraint("task_id", "version", name="uq_model_version_task_version"),)
+
+    id: Mapped[IntPK]
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[Timestamp]
+    train_size: Mapped[int] = mapped_column(Integer)
+    featurizer: Mapped[str] = mapped_column(String(40))
+    metrics: Mapped[dict[str, Any]]
+    artifact_meta: Mapped[dict[str, Any]]
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    artifact: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+
+    def __repr__(self) -> str:
+        return f"ModelVersion(task_id={self.task_id!r}, version={self.version!r}, {self.status})"
+
+
+class Prediction(Base):
+    """One scoring of an item by a model version (or by nobody, at cold start)."""
+
+    __tablename__ = "prediction"
+
+    id: Mapped[IntPK]
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id", ondelete="CASCADE"), index=True)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id"))
+    label: Mapped[str | None] = mapped_column(String(200))
+    confidence: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[list[float] | None] = mapped_column(JSON)
+    route: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[Timestamp]
+
+    def __repr__(self) -> str:
+        return f"Prediction(item_id={self.item_id!r}, label={self.label!r}, {self.confidence:.3f})"
+
+
+class Answer(Base):
+    """A person's (or an import's) label for an item; superseded answers stay as history."""
+
+    __tablename__ = "answer"
+    __table_args__ = (
+        Index(
+            "uq_answer_current",
+            "item_id",
+            "user_id",
+            unique=True,
+            sqlite_where=text("is_current"),
+            postgresql_where=text("is_current"),
+        ),
+    )
+
+    id: Mapped[IntPK]
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[SlackUser]
+    kind: Mapped[str] = mapped_column(String(8), default=KIND_LABEL)
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[Timestamp]
+    is_current: Mapped[bool] = mapped_column(Boolean, default=True)
+    superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"Answer(item_id={self.item_id!r}, user={self.user_id!r}, label={self.label!r})"
+
+
+class ReviewPrompt(Base):
+    """Durable outbox: one Slack prompt per review item, sent by the poster."""
+
+    __tablename__ = "review_prompt"
+    __table_args__ = (Index("ix_review_prompt_pending", "status", "next_attempt_at"),)
+
+    id: Mapped[IntPK]
+    item_id: Mapped[int] = mapped_column(
+        ForeignKey("item.id", ondelete="CASCADE"), unique=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[Timestamp]
+    channel: Mapped[str | None] = mapped_column(String(32))
+    message_ts: Mapped[str | None] = mapped_column(String(32))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp] = mapped_column(onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"ReviewPrompt(item_id={self.item_id!r}, status={self.status!r})"
+
+
+class AuditLog(Base):
+    """Who changed which setting, from what to what, and when."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[IntPK]
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("task.id", ondelete="SET NULL"))
+    actor: Mapped[SlackUser]
+    field: Mapped[str] = mapped_column(String(64))
+    old_value: Mapped[str | None] = mapped_column(Text)
+    new_value: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[Timestamp]
+
+    def __repr__(self) -> str:
+        return f"AuditLog({self.actor!r} {self.field}: {self.old_value!r} -> {self.new_value!r})"

@@ -1,0 +1,163 @@
+"""Tasks: creating them, finding them, and changing their threshold with an audit trail."""
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.errors import BadInputError, ConflictError, NotFoundError
+from bot.storage.schema import AuditLog, Task
+from model.features import FEATURIZERS
+
+MAX_LABEL_CHARS = 200
+MAX_LABELS = 1000
+_TASK_NAME = re.compile(r"^\w[\w.-]{0,79}$")
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,30}$")
+
+
+def parse_labels(raw: str | Sequence[str]) -> list[str]:
+    """Validate a label set given as "a,b,c" or a sequence; order is kept."""
+    parts = raw.split(",") if isinstance(raw, str) else list(raw)
+    labels = [part.strip() for part in parts]
+    if any(not label for label in labels):
+        raise BadInputError("labels must not be empty (check for a doubled or trailing comma)")
+    too_long = [label for label in labels if len(label) > MAX_LABEL_CHARS]
+    if too_long:
+        raise BadInputError(f"label {too_long[0][:40]!r}… is over {MAX_LABEL_CHARS} characters")
+    seen: set[str] = set()
+    doubled = [label for label in labels if label in seen or seen.add(label)]  # type: ignore[func-returns-value]
+    if doubled:
+        raise BadInputError(f"label {doubled[0]!r} is given twice")
+    if len(labels) < 2:
+        raise BadInputError("a task needs at least two labels")
+    if len(labels) > MAX_LABELS:
+        raise BadInputError(f"a task can have at most {MAX_LABELS} labels")
+    return labels
+
+
+def read_labels_file(path: Path) -> list[str]:
+    """Labels from a UTF-8 file, one per line (for labels that contain commas)."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path} is not valid UTF-8; save it as UTF-8") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_labels([line for line in lines if line.strip()])
+
+
+def parse_threshold(raw: str | float) -> float:
+    """A threshold in (0, 1]; accepts 0.85 and "85%"."""
+    text = str(raw).strip()
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise BadInputError(
+            f"threshold {text!r} is not a number; give a value above 0 and at most 1, e.g. 0.8"
+        ) from None
+    if not math.isfinite(value) or not 0.0 < value <= 1.0:
+        raise BadInputError(f"threshold {text} is out of range; it must be above 0 and at most 1")
+    return value
+
+
+def validate_task_name(name: str) -> str:
+    """Task names are one word: letters, digits, '_', '-', '.'; up to 80 characters."""
+    if not _TASK_NAME.match(name):
+        raise BadInputError(
+            f"task name {name!r} is not valid; use up to 80 letters, digits, '_', '-' or '.'"
+        )
+    return name
+
+
+def validate_channel(channel: str | None) -> str | None:
+    """A Slack channel ID such as C0123ABCD, or None."""
+    if channel is None or channel == "":
+        return None
+    if not _CHANNEL_ID.match(channel):
+        raise BadInputError(
+            f"channel {channel!r} is not a Slack channel ID; copy the ID (C…) "
+            "from the channel's details in Slack"
+        )
+    return channel
+
+
+def create_task(
+    session: Session,
+    name: str,
+    labels: Sequence[str],
+    *,
+    channel: str | None = None,
+    threshold: float,
+    featurizer: str = "tfidf",
+    actor: str = "cli",
+) -> Task:
+    """Create a task; the creation is audited."""
+    validate_task_name(name)
+    label_list = parse_labels(labels)
+    if featurizer not in FEATURIZERS:
+        raise BadInputError(
+            f"unknown featurizer {featurizer!r}; available: {', '.join(sorted(FEATURIZERS))}"
+        )
+    threshold = parse_threshold(threshold)
+    if session.scalar(select(Task.id).where(Task.name == name)) is not None:
+        raise ConflictError(f"task {name!r} already exists; see `hitl task show {name}`")
+    task = Task(
+        name=name,
+        labels=label_list,
+        channel=validate_channel(channel),
+        threshold=threshold,
+        featurizer=featurizer,
+    )
+    session.add(task)
+    session.flush()
+    session.add(AuditLog(task_id=task.id, actor=actor, field="task", old_value=None, new_value=name))
+    return task
+
+
+def get_task(session: Session, name: str, *, lock: bool = False) -> Task:
+    """The task called `name`, or a NotFoundError that lists the known ones."""
+    query = select(Task).where(Task.name == name)
+    if lock:
+        query = query.with_for_update()
+    task = session.scalar(query)
+    if task is None:
+        known = session.scalars(select(Task.name).order_by(Task.name).limit(20)).all()
+        hint = f"known tasks: {', '.join(known)}" if known else "create one with `hitl task create`"
+        raise NotFoundError(f"no task named {name!r}; {hint}")
+    return task
+
+
+def list_tasks(session: Session) -> list[Task]:
+    """All tasks, by name."""
+    return list(session.scalars(select(Task).order_by(Task.name)))
+
+
+def set_threshold(session: Session, task: Task, value: str | float, *, actor: str) -> float:
+    """Change a task's threshold and audit who did it; returns the old value."""
+    new = parse_threshold(value)
+    old = task.threshold
+    task.threshold = new
+    session.add(
+        AuditLog(task_id=task.id, actor=actor, field="threshold", old_value=repr(old), new_value=repr(new))
+    )
+    return old
+
+
+def set_channel(session: Session, task: Task, channel: str | None, *, actor: str) -> None:
+    """Change a task's review channel, audited."""
+    new = validate_channel(channel)
+    session.add(
+        AuditLog(task_id=task.id, actor=actor, field="channel", old_value=task.channel, new_value=new)
+    )
+    task.channel = new
+
+
+def audit_trail(session: Session, task: Task) -> list[AuditLog]:
+    """Every audited change of a task, oldest first."""
+    query = select(AuditLog).where(AuditLog.task_id == task.id).order_by(AuditLog.id)
+    return list(session.scalars(query))
+
+
