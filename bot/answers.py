@@ -5,11 +5,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from bot.errors import BadInputError, NotFoundError
 from bot.ingest import IncomingItem, check_batch, describe_labels
+from bot.routing import find_by_external_ids
+from bot.storage.bulk import insert_returning_ids, insert_rows
 from bot.storage.schema import (
     IMPORT_USER,
     KIND_LABEL,
@@ -141,12 +143,7 @@ def import_examples(
     checked = check_batch(rows, labels=task.labels, max_chars=max_chars)
     now = now or utcnow()
     ids = [row.external_id for row in checked if row.external_id is not None]
-    existing: dict[str, Item] = {}
-    for start in range(0, len(ids), 500):
-        query = select(Item).where(
-            Item.task_id == task.id, Item.external_id.in_(ids[start : start + 500])
-        )
-        existing.update({item.external_id: item for item in session.scalars(query) if item.external_id})
+    existing = find_by_external_ids(session, task, ids)
     fresh = [row for row in checked if row.external_id is None or row.external_id not in existing]
     written = unchanged = 0
     for row in checked:
@@ -157,27 +154,27 @@ def import_examples(
         written += outcome.changed
         unchanged += not outcome.changed
     if fresh:
-        item_ids = list(
-            session.scalars(
-                insert(Item).returning(Item.id, sort_by_parameter_order=True),
-                [
-                    {
-                        "task_id": task.id,
-                        "external_id": row.external_id,
-                        "text": row.text,
-                        "source": "import",
-                        "submitted_at": now,
-                        "route": None,
-                        "final_label": row.label,
-                        "final_source": SOURCE_PERSON,
-                        "resolved_at": now,
-                    }
-                    for row in fresh
-                ],
-            )
+        item_ids = insert_returning_ids(
+            session,
+            Item,
+            [
+                {
+                    "task_id": task.id,
+                    "external_id": row.external_id,
+                    "text": row.text,
+                    "source": "import",
+                    "submitted_at": now,
+                    "route": None,
+                    "final_label": row.label,
+                    "final_source": SOURCE_PERSON,
+                    "resolved_at": now,
+                }
+                for row in fresh
+            ],
         )
-        session.execute(
-            insert(Answer),
+        insert_rows(
+            session,
+            Answer,
             [
                 {
                     "item_id": item_id,

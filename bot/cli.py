@@ -2,7 +2,6 @@
 
 import json
 import sys
-from collections.abc import Callable
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -62,7 +61,9 @@ def task_create(
     labels_file: Annotated[
         Path | None, typer.Option(help="A UTF-8 file with one label per line.")
     ] = None,
-    channel: Annotated[str | None, typer.Option(help="Slack channel ID for review prompts.")] = None,
+    channel: Annotated[
+        str | None, typer.Option(help="Slack channel ID for review prompts.")
+    ] = None,
     threshold: Annotated[
         str | None, typer.Option(help="Confidence needed to accept automatically (0-1].")
     ] = None,
@@ -72,7 +73,9 @@ def task_create(
     if (labels is None) == (labels_file is None):
         raise BadInputError("give the labels with exactly one of --labels or --labels-file")
     label_list = (
-        task_ops.read_labels_file(labels_file) if labels_file else task_ops.parse_labels(labels or "")
+        task_ops.read_labels_file(labels_file)
+        if labels_file
+        else task_ops.parse_labels(labels or "")
     )
     svc = services()
     value = task_ops.parse_threshold(threshold) if threshold else svc.settings.default_threshold
@@ -92,7 +95,12 @@ def task_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     with services().sessions.begin() as session:
         found = task_ops.list_tasks(session)
         rows = [
-            {"name": t.name, "labels": len(t.labels), "threshold": t.threshold, "channel": t.channel}
+            {
+                "name": t.name,
+                "labels": len(t.labels),
+                "threshold": t.threshold,
+                "channel": t.channel,
+            }
             for t in found
         ]
     if as_json:
@@ -138,7 +146,10 @@ def import_command(
     with svc.sessions.begin() as session:
         task = task_ops.get_task(session, name)
         rows = parse_csv(
-            source, data, require_label=True, labels=task.labels,
+            source,
+            data,
+            require_label=True,
+            labels=task.labels,
             max_chars=svc.settings.max_text_chars,
         )
         outcome = import_examples(session, task, rows, max_chars=svc.settings.max_text_chars)
@@ -161,7 +172,11 @@ def submit_command(
     with svc.sessions.begin() as session:
         task = task_ops.get_task(session, name)
         results = submit(
-            session, task, rows, registry=svc.registry, max_chars=svc.settings.max_text_chars,
+            session,
+            task,
+            rows,
+            registry=svc.registry,
+            max_chars=svc.settings.max_text_chars,
             source="cli",
         )
         threshold = task.threshold
@@ -185,7 +200,9 @@ def retrain_command(name: str, as_json: Annotated[bool, typer.Option("--json")] 
     """Train a model from every answer and make it active."""
     svc = services()
     result = retrain_task(
-        svc.sessions, name, registry=svc.registry,
+        svc.sessions,
+        name,
+        registry=svc.registry,
         min_per_label=svc.settings.min_answers_per_label,
         holdout_share=svc.settings.holdout_share,
     )
@@ -315,5 +332,3 @@ def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
 def run() -> None:
     """Console-script entry: exit with `main`'s code."""
     raise SystemExit(main())
-
-

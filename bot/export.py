@@ -43,14 +43,16 @@ def export_rows(session: Session, task: Task) -> Iterator[dict[str, Any]]:
         if not items:
             return
         ids = [item.id for item in items]
-        latest: dict[int, tuple[str | None, float, int | None]] = {}
-        for item_id, label, confidence, version in session.execute(
-            select(Prediction.item_id, Prediction.label, Prediction.confidence, ModelVersion.version)
+        latest: dict[int, tuple[str | None, float | None, int | None]] = {}
+        for item_id, predicted, score, model_version in session.execute(
+            select(
+                Prediction.item_id, Prediction.label, Prediction.confidence, ModelVersion.version
+            )
             .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
             .where(Prediction.item_id.in_(ids))
             .order_by(Prediction.id)
         ):
-            latest[item_id] = (label, confidence, version)
+            latest[item_id] = (predicted, score, model_version)
         who: dict[int, list[str]] = {}
         for item_id, user_id in session.execute(
             select(Answer.item_id, Answer.user_id)
@@ -83,7 +85,9 @@ def export_format(filename: str, explicit: str | None) -> str:
     if chosen is None and filename.endswith(".csv"):
         chosen = "csv"
     if chosen not in ("csv", "jsonl"):
-        raise BadInputError("cannot tell the format: name the file .csv or .jsonl, or pass --format")
+        raise BadInputError(
+            "cannot tell the format: name the file .csv or .jsonl, or pass --format"
+        )
     return chosen
 
 

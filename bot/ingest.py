@@ -59,6 +59,8 @@ def check_text(text: str, where: str, *, max_chars: int) -> None:
     """Reject empty and oversized texts with a message that names the row."""
     if not text.strip():
         raise BadInputError(f"{where}: empty text")
+    if "\x00" in text:
+        raise BadInputError(f"{where}: text contains a NUL character; remove it")
     if len(text) > max_chars:
         raise BadInputError(
             f"{where}: text is {len(text):,} characters; the limit is {max_chars:,} "
@@ -73,6 +75,8 @@ def check_external_id(external_id: str | None, where: str) -> str | None:
     external_id = external_id.strip()
     if not external_id:
         return None
+    if "\x00" in external_id:
+        raise BadInputError(f"{where}: id contains a NUL character")
     if len(external_id) > MAX_EXTERNAL_ID_CHARS:
         raise BadInputError(f"{where}: id is over {MAX_EXTERNAL_ID_CHARS} characters")
     return external_id

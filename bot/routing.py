@@ -5,12 +5,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.errors import ConflictError
 from bot.ingest import IncomingItem, check_batch
 from bot.registry import ModelRegistry
+from bot.storage.bulk import insert_returning_ids, insert_rows
 from bot.storage.schema import (
     ROUTE_AUTO,
     ROUTE_REVIEW,
@@ -57,12 +58,15 @@ def route_for(confidence: float, threshold: float) -> str:
     return ROUTE_AUTO if confidence >= threshold else ROUTE_REVIEW
 
 
-def _existing(session: Session, task: Task, ids: list[str]) -> dict[str, Item]:
+def find_by_external_ids(session: Session, task: Task, ids: Sequence[str]) -> dict[str, Item]:
+    """The task's items with these external ids, keyed by external id."""
     found: dict[str, Item] = {}
     for start in range(0, len(ids), _LOOKUP_CHUNK):
         chunk = ids[start : start + _LOOKUP_CHUNK]
         query = select(Item).where(Item.task_id == task.id, Item.external_id.in_(chunk))
-        found.update({item.external_id: item for item in session.scalars(query) if item.external_id})
+        found.update(
+            {item.external_id: item for item in session.scalars(query) if item.external_id}
+        )
     return found
 
 
@@ -104,7 +108,7 @@ def submit(
     checked = check_batch(items, labels=None, max_chars=max_chars)
     now = now or utcnow()
     ids = [item.external_id for item in checked if item.external_id is not None]
-    existing = _existing(session, task, ids) if ids else {}
+    existing = find_by_external_ids(session, task, ids) if ids else {}
     for item in checked:
         old = existing.get(item.external_id) if item.external_id is not None else None
         if old is not None and old.text != item.text:
@@ -134,27 +138,27 @@ def submit(
 
     item_ids: list[int] = []
     if n:
-        item_ids = list(
-            session.scalars(
-                insert(Item).returning(Item.id, sort_by_parameter_order=True),
-                [
-                    {
-                        "task_id": task.id,
-                        "external_id": item.external_id,
-                        "text": item.text,
-                        "source": source,
-                        "submitted_at": now,
-                        "route": route,
-                        "final_label": label if route == ROUTE_AUTO else None,
-                        "final_source": SOURCE_MODEL if route == ROUTE_AUTO else None,
-                        "resolved_at": now if route == ROUTE_AUTO else None,
-                    }
-                    for item, route, label in zip(fresh, routes, labels, strict=True)
-                ],
-            )
+        item_ids = insert_returning_ids(
+            session,
+            Item,
+            [
+                {
+                    "task_id": task.id,
+                    "external_id": item.external_id,
+                    "text": item.text,
+                    "source": source,
+                    "submitted_at": now,
+                    "route": route,
+                    "final_label": label if route == ROUTE_AUTO else None,
+                    "final_source": SOURCE_MODEL if route == ROUTE_AUTO else None,
+                    "resolved_at": now if route == ROUTE_AUTO else None,
+                }
+                for item, route, label in zip(fresh, routes, labels, strict=True)
+            ],
         )
-        session.execute(
-            insert(Prediction),
+        insert_rows(
+            session,
+            Prediction,
             [
                 {
                     "item_id": item_id,
@@ -171,13 +175,20 @@ def submit(
             ],
         )
         review_rows = [
-            {"item_id": item_id, "channel": task.channel, "next_attempt_at": now, "created_at": now,
-             "updated_at": now, "status": "pending", "attempts": 0}
+            {
+                "item_id": item_id,
+                "channel": task.channel,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+                "status": "pending",
+                "attempts": 0,
+            }
             for item_id, route in zip(item_ids, routes, strict=True)
             if route == ROUTE_REVIEW
         ]
         if review_rows:
-            session.execute(insert(ReviewPrompt), review_rows)
+            insert_rows(session, ReviewPrompt, review_rows)
 
     made = iter(zip(item_ids, labels, confidences, routes, strict=True))
     results: list[Routed] = []

@@ -77,9 +77,7 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
         ).all()
     )
     items_7d = int(sum(week_routes.values()))
-    people = and_(
-        Answer.kind == KIND_LABEL, Answer.user_id != IMPORT_USER, Item.task_id == task.id
-    )
+    people = and_(Answer.kind == KIND_LABEL, Answer.user_id != IMPORT_USER, Item.task_id == task.id)
     answers_base = select(func.count()).select_from(Answer).join(Item, Item.id == Answer.item_id)
     answers_total = int(session.scalar(answers_base.where(people)) or 0)
     answers_today = int(session.scalar(answers_base.where(people, Answer.created_at >= day)) or 0)

@@ -113,7 +113,9 @@ def create_task(
     )
     session.add(task)
     session.flush()
-    session.add(AuditLog(task_id=task.id, actor=actor, field="task", old_value=None, new_value=name))
+    session.add(
+        AuditLog(task_id=task.id, actor=actor, field="task", old_value=None, new_value=name)
+    )
     return task
 
 
@@ -141,7 +143,13 @@ def set_threshold(session: Session, task: Task, value: str | float, *, actor: st
     old = task.threshold
     task.threshold = new
     session.add(
-        AuditLog(task_id=task.id, actor=actor, field="threshold", old_value=repr(old), new_value=repr(new))
+        AuditLog(
+            task_id=task.id,
+            actor=actor,
+            field="threshold",
+            old_value=repr(old),
+            new_value=repr(new),
+        )
     )
     return old
 
@@ -150,7 +158,9 @@ def set_channel(session: Session, task: Task, channel: str | None, *, actor: str
     """Change a task's review channel, audited."""
     new = validate_channel(channel)
     session.add(
-        AuditLog(task_id=task.id, actor=actor, field="channel", old_value=task.channel, new_value=new)
+        AuditLog(
+            task_id=task.id, actor=actor, field="channel", old_value=task.channel, new_value=new
+        )
     )
     task.channel = new
 
@@ -159,5 +169,3 @@ def audit_trail(session: Session, task: Task) -> list[AuditLog]:
     """Every audited change of a task, oldest first."""
     query = select(AuditLog).where(AuditLog.task_id == task.id).order_by(AuditLog.id)
     return list(session.scalars(query))
-
-

@@ -67,7 +67,7 @@ def load_labelled(session: Session, task: Task) -> LabelledData:
 
 def in_holdout(item_ids: Sequence[int], *, share: float) -> NDArray[np.bool_]:
     """A stable share of items, chosen by a hash of their id, that never enters training."""
-    cut = int(round(share * _HASH_BUCKETS))
+    cut = round(share * _HASH_BUCKETS)
     buckets = [
         int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=4).digest(), "big")
         % _HASH_BUCKETS
@@ -113,7 +113,10 @@ def train_candidate(
     )
     if use_holdout:
         classifier = train(
-            [str(x) for x in texts[~holdout]], fit_labels, labels=labels, featurizer=featurizer,
+            [str(x) for x in texts[~holdout]],
+            fit_labels,
+            labels=labels,
+            featurizer=featurizer,
             min_per_label=min_per_label,
         )
         held_truth = [str(x) for x in truth[holdout]]
@@ -121,7 +124,9 @@ def train_candidate(
         metrics = evaluate(probabilities, labels, held_truth)
         return TrainedCandidate(classifier, len(fit_labels), len(held_truth), "holdout", metrics)
     # Too few answers for a meaningful holdout: measure by cross-validation, train on everything.
-    probabilities = cross_val_probabilities(data.texts, data.labels, labels=labels, featurizer=featurizer)
+    probabilities = cross_val_probabilities(
+        data.texts, data.labels, labels=labels, featurizer=featurizer
+    )
     metrics = evaluate(probabilities, labels, data.labels)
     classifier = train(
         data.texts, data.labels, labels=labels, featurizer=featurizer, min_per_label=min_per_label
@@ -150,7 +155,10 @@ def retrain_task(
         labels, featurizer, task_id = list(task.labels), task.featurizer, task.id
     try:
         candidate = train_candidate(
-            data, labels=labels, featurizer=featurizer, min_per_label=min_per_label,
+            data,
+            labels=labels,
+            featurizer=featurizer,
+            min_per_label=min_per_label,
             holdout_share=holdout_share,
         )
     except TrainingError as exc:
@@ -164,7 +172,11 @@ def retrain_task(
     with sessions.begin() as session:
         task = session.get_one(Task, task_id)
         row = store_model(
-            session, task, candidate.classifier, status=ACTIVE, train_size=candidate.train_size,
+            session,
+            task,
+            candidate.classifier,
+            status=ACTIVE,
+            train_size=candidate.train_size,
             metrics=metrics,
         )
         version = row.version

@@ -88,6 +88,13 @@ def build_pipeline(*, featurizer: str, calibration_folds: int, single_split: boo
     return Pipeline([("features", build_featurizer(featurizer)), ("classifier", classifier)])
 
 
+def _fit(estimator: Pipeline, texts: list[str], labels: list[str]) -> None:
+    try:
+        estimator.fit(texts, labels)
+    except ValueError as exc:  # e.g. an empty vocabulary: texts with no word characters at all
+        raise TrainingError(f"cannot learn from these texts: {exc}") from exc
+
+
 def train(
     texts: Sequence[str],
     train_labels: Sequence[str],
@@ -117,10 +124,12 @@ def train(
     counts = Counter(train_labels)
     single_split = len(texts) >= _SINGLE_SPLIT_FROM
     folds = min(3, min(counts.values()))
-    pipeline = build_pipeline(featurizer=featurizer, calibration_folds=folds, single_split=single_split)
+    pipeline = build_pipeline(
+        featurizer=featurizer, calibration_folds=folds, single_split=single_split
+    )
     text_list, label_list = list(texts), list(train_labels)
     if not single_split:
-        pipeline.fit(text_list, label_list)
+        _fit(pipeline, text_list, label_list)
         return TextClassifier(pipeline, labels, featurizer=featurizer)
     fit_x, cal_x, fit_y, cal_y = train_test_split(
         text_list,
@@ -129,7 +138,7 @@ def train(
         random_state=random_state,
         stratify=label_list,
     )
-    pipeline.fit(fit_x, fit_y)
+    _fit(pipeline, fit_x, fit_y)
     calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method="temperature")
     calibrated.fit(cal_x, cal_y)
     wrapped = Pipeline([("calibrated", calibrated)])

@@ -3,7 +3,6 @@
 from collections.abc import Callable
 
 import numpy as np
-
 from sklearn.base import TransformerMixin
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion
@@ -13,7 +12,8 @@ class UnknownFeaturizerError(ValueError):
     """Raised for a featurizer name that is not registered."""
 
 
-# Vocabulary caps bound the model's size: the linear layer holds one weight per feature and label.
+# Vocabulary caps (most frequent terms kept) bound the model's size: the linear layer holds
+# one weight per feature and label.
 def _tfidf() -> TransformerMixin:
     """Word 1-2 grams plus character 2-5 grams inside word boundaries.
 
@@ -22,9 +22,9 @@ def _tfidf() -> TransformerMixin:
     """
     words = TfidfVectorizer(
         analyzer="word",
+        token_pattern=r"(?u)\b\w+\b",
         ngram_range=(1, 2),
         sublinear_tf=True,
-        min_df=2,
         max_features=30_000,
         dtype=np.float32,
     )
@@ -32,7 +32,6 @@ def _tfidf() -> TransformerMixin:
         analyzer="char_wb",
         ngram_range=(2, 5),
         sublinear_tf=True,
-        min_df=2,
         max_features=30_000,
         dtype=np.float32,
     )
@@ -49,7 +48,5 @@ def build_featurizer(name: str) -> TransformerMixin:
         factory = FEATURIZERS[name]
     except KeyError:
         known = ", ".join(sorted(FEATURIZERS))
-        raise UnknownFeaturizerError(
-            f"unknown featurizer {name!r}; available: {known}"
-        ) from None
+        raise UnknownFeaturizerError(f"unknown featurizer {name!r}; available: {known}") from None
     return factory()

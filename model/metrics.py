@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.metrics import accuracy_score, f1_score, log_loss
+from sklearn.metrics import accuracy_score, f1_score
 
 
 def expected_calibration_error(
@@ -37,12 +37,12 @@ def evaluate(
     predicted = np.asarray(class_list, dtype=object)[probabilities.argmax(axis=1)]
     confidences = probabilities.max(axis=1)
     correct = predicted == truth
-    known = np.isin(truth, np.asarray(class_list, dtype=object))
-    clipped = np.clip(probabilities[known], 1e-15, 1.0)
-    clipped = clipped / clipped.sum(axis=1, keepdims=True)
-    loss = (
-        float(log_loss(truth[known], clipped, labels=class_list)) if known.any() else float("nan")
-    )
+    position = {label: j for j, label in enumerate(class_list)}
+    columns = np.asarray([position.get(label, -1) for label in truth], dtype=np.intp)
+    known = columns >= 0
+    # Mean negative log probability of the true label, clipped as sklearn's log_loss does.
+    true_probability = np.clip(probabilities[known, columns[known]], 1e-15, 1.0)
+    loss = float(-np.log(true_probability).mean()) if known.any() else float("nan")
     return {
         "n": float(len(truth)),
         "accuracy": float(accuracy_score(truth, predicted)),

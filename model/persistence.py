@@ -50,9 +50,7 @@ def sha256(data: bytes) -> str:
 
 def dumps(classifier: TextClassifier, *, extra: Mapping[str, Any] | None = None) -> Artifact:
     """Serialize `classifier`; the metadata carries labels, featurizer, versions and hash."""
-    data = sio.dumps(
-        classifier.pipeline, compression=zipfile.ZIP_DEFLATED, compresslevel=1
-    )
+    data = sio.dumps(classifier.pipeline, compression=zipfile.ZIP_DEFLATED, compresslevel=1)
     metadata: dict[str, Any] = {
         "format": FORMAT,
         "labels": list(classifier.labels),

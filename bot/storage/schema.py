@@ -1,7 +1,7 @@
 """The database schema: one DeclarativeBase, SQLAlchemy 2.0 typed mappings."""
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -65,7 +65,11 @@ class Base(DeclarativeBase):
     """Base of every mapped class."""
 
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: UTCDateTime()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        list[str]: JSON,
+        datetime: UTCDateTime(),
+    }
 
 
 ROUTE_AUTO = "auto"
@@ -198,9 +202,7 @@ class ReviewPrompt(Base):
     __table_args__ = (Index("ix_review_prompt_pending", "status", "next_attempt_at"),)
 
     id: Mapped[IntPK]
-    item_id: Mapped[int] = mapped_column(
-        ForeignKey("item.id", ondelete="CASCADE"), unique=True
-    )
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id", ondelete="CASCADE"), unique=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[Timestamp]
