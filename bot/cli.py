@@ -13,15 +13,16 @@ from sqlalchemy.exc import OperationalError
 
 from bot import tasks as task_ops
 from bot.answers import import_examples
-from bot.errors import BadInputError, HitlError
+from bot.errors import BadInputError, HitlError, NotFoundError
 from bot.export import export_format, export_rows, write_export
 from bot.ingest import parse_csv, read_source
+from bot.report import format_report_text
 from bot.routing import submit
 from bot.services import Services, build_services
 from bot.settings import Settings
 from bot.stats import task_stats
 from bot.storage.db import upgrade
-from bot.training import retrain_task
+from bot.training import latest_run, retrain_task
 
 app = typer.Typer(
     help="hitl: a human-in-the-loop text classifier that lives in Slack.",
@@ -196,27 +197,52 @@ def submit_command(
 
 
 @app.command("retrain")
-def retrain_command(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Train a model from every answer and make it active."""
+def retrain_command(
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    force: Annotated[bool, typer.Option(help="Train even without new answers.")] = False,
+) -> None:
+    """Run the retrain job now: train, compare with the active model, promote if no worse."""
     svc = services()
     result = retrain_task(
         svc.sessions,
         name,
         registry=svc.registry,
-        min_per_label=svc.settings.min_answers_per_label,
-        holdout_share=svc.settings.holdout_share,
+        settings=svc.settings,
+        trigger="cli",
+        force=force,
     )
     if as_json:
-        echo_json(result.__dict__)
+        echo_json(
+            {
+                "status": result.status,
+                "version": result.version,
+                "old_version": result.old_version,
+                "report": result.report,
+            }
+        )
         return
-    m = result.metrics
-    typer.echo(
-        f"{name}: model v{result.version} active; trained on {result.train_size} answers; "
-        f"{result.evaluation}"
-        + (f" of {result.holdout_size}" if result.holdout_size else "")
-        + f": accuracy {m.get('accuracy', 0):.3f}, macro-F1 {m.get('macro_f1', 0):.3f}, "
-        f"ECE {m.get('ece', 0):.3f}"
-    )
+    typer.echo(format_report_text(result.report))
+
+
+@app.command("report")
+def report_command(
+    name: str,
+    version: Annotated[int | None, typer.Option(help="The run that produced model vN.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show the latest retrain report of a task (or the one that produced --version N)."""
+    with services().sessions.begin() as session:
+        task = task_ops.get_task(session, name)
+        run = latest_run(session, task, version=version)
+        if run is None or run.report is None:
+            which = f" for model v{version}" if version else ""
+            raise NotFoundError(f"no retrain report{which} for {name!r}; run `hitl retrain {name}`")
+        report = dict(run.report)
+    if as_json:
+        echo_json(report)
+        return
+    typer.echo(format_report_text(report))
 
 
 @app.command("stats")
@@ -275,6 +301,40 @@ def export_command(
                 count = write_export(export_rows(session, task), out, fmt=chosen)
     if file != "-":
         typer.echo(f"exported {count} items to {file}", err=True)
+
+
+@app.command("serve")
+def serve_command(
+    socket: Annotated[
+        bool, typer.Option("--socket", help="Use Socket Mode (also when SLACK_APP_TOKEN is set).")
+    ] = False,
+    host: Annotated[str | None, typer.Option(help="Default HITL_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default HITL_PORT.")] = None,
+) -> None:
+    """Run the bot: Slack requests, the items API, the prompt poster and the nightly retrain."""
+    import logging
+    import signal
+    import threading
+
+    from bot.runtime import build_runtime
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = Settings()
+    runtime = build_runtime(
+        settings, host=host, port=port, socket_mode=socket or settings.slack_app_token is not None
+    )
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    runtime.start()
+    mode = (
+        "Socket Mode" if runtime.socket_mode else f"HTTP, Slack posts to {runtime.url}/slack/events"
+    )
+    typer.echo(f"hitl serving on {runtime.url} ({mode}); Ctrl-C stops", err=True)
+    stopped.wait()
+    runtime.stop()
 
 
 @contextmanager

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     timezone: str = "UTC"
     report_window_days: int = Field(7, ge=1)
     promotion_tolerance: float = Field(0.005, ge=0.0)
+    report_skips: bool = True
 
     slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")

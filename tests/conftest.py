@@ -68,7 +68,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         connection.execute(
             text(
                 "TRUNCATE task, item, prediction, answer, model_version, review_prompt, "
-                "audit_log RESTART IDENTITY CASCADE"
+                "audit_log, retrain_run RESTART IDENTITY CASCADE"
             )
         )
     engine.dispose()
@@ -99,3 +99,12 @@ def load_banking77() -> list[tuple[str, str]]:
 def banking77() -> list[tuple[str, str]]:
     """banking77 rows, read once."""
     return load_banking77()
+
+
+@pytest.fixture
+def sqlite_services(tmp_path: Path) -> Iterator[Services]:
+    """Services on a fresh SQLite file (for tests whose subject is not the storage backend)."""
+    settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path / 'one.db'}")  # type: ignore[call-arg]
+    built = build_services(settings)
+    yield built
+    built.engine.dispose()

@@ -231,3 +231,31 @@ class AuditLog(Base):
 
     def __repr__(self) -> str:
         return f"AuditLog({self.actor!r} {self.field}: {self.old_value!r} -> {self.new_value!r})"
+
+
+class RetrainRun(Base):
+    """One retrain of one task: who claimed it, how it ended, and the report it produced."""
+
+    __tablename__ = "retrain_run"
+    __table_args__ = (
+        # Two schedulers on one database both try to claim the same nightly slot; one wins.
+        UniqueConstraint("task_id", "scheduled_for", name="uq_retrain_run_task_slot"),
+        Index("ix_retrain_run_task_started", "task_id", "started_at"),
+    )
+
+    id: Mapped[IntPK]
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"))
+    trigger: Mapped[str] = mapped_column(String(16))
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claimed_by: Mapped[str] = mapped_column(String(120))
+    started_at: Mapped[Timestamp]
+    heartbeat_at: Mapped[Timestamp]
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    old_version: Mapped[int | None] = mapped_column(Integer)
+    new_version: Mapped[int | None] = mapped_column(Integer)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    def __repr__(self) -> str:
+        return f"RetrainRun(task_id={self.task_id!r}, {self.trigger}, {self.status})"

@@ -36,9 +36,13 @@ def count(services: Services, model: type) -> int:
         return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
-def retrain(services: Services, name: str = "reviews"):  # type: ignore[no-untyped-def]
+def retrain(services: Services, name: str = "reviews", *, force: bool = True):  # type: ignore[no-untyped-def]
     return retrain_task(
-        services.sessions, name, registry=services.registry, min_per_label=3, holdout_share=0.2
+        services.sessions,
+        name,
+        registry=services.registry,
+        settings=services.settings,
+        force=force,
     )
 
 
@@ -52,9 +56,10 @@ def test_migrations_create_every_table(services: Services) -> None:
         "model_version",
         "review_prompt",
         "audit_log",
+        "retrain_run",
         "alembic_version",
     } <= tables
-    assert current_revision(services.engine) == "0001"
+    assert current_revision(services.engine) == "0002"
 
 
 def test_task_names_are_unique_and_creation_audited(services: Services) -> None:
@@ -100,8 +105,8 @@ def test_retrain_then_submit_routes_by_threshold(services: Services) -> None:
     make_task(services, threshold=0.6)
     import_tiny(services)
     result = retrain(services)
-    assert result.version == 1 and result.evaluation == "cross-validation"
-    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+    assert result.version == 1 and result.report["evaluation"] == "cross-validation"
+    assert 0.0 <= result.report["holdout"]["new"]["accuracy"] <= 1.0
     texts = ["wonderful lovely kind staff", "the worst dirty rude awful meal", "it was a day"]
     with services.sessions.begin() as session:
         task = task_ops.get_task(session, "reviews")
@@ -141,8 +146,9 @@ def test_retrain_without_enough_answers_says_which_labels(services: Services) ->
     rows = [IncomingItem("lovely", label="positive")] * 1
     with services.sessions.begin() as session:
         import_examples(session, task_ops.get_task(session, "reviews"), rows, max_chars=100)
-    with pytest.raises(BadInputError, match=r"'positive' has 1, 'negative' has 0"):
-        retrain(services)
+    result = retrain(services)
+    assert result.status == "cold" and result.version is None
+    assert "'positive' has 1, 'negative' has 0" in result.report["headline"]
 
 
 def test_resubmitting_an_id_replays_and_a_changed_text_is_refused(services: Services) -> None:

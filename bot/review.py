@@ -1,0 +1,148 @@
+"""The review rules a click obeys: who may answer, first answer wins, own answers may change."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.answers import current_answers, decide_final, get_item, record_answer
+from bot.storage.schema import (
+    KIND_LABEL,
+    KIND_SKIP,
+    SOURCE_PERSON,
+    Item,
+    ModelVersion,
+    Prediction,
+    ReviewPrompt,
+    utcnow,
+)
+
+STORED = "stored"
+UNCHANGED = "unchanged"
+ALREADY_LABELLED = "already_labelled"
+SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class ClickOutcome:
+    """What a reviewer's click did, and what the message should show now."""
+
+    status: str
+    item_id: int
+    label: str | None = None
+    by_user: str | None = None
+    at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ItemView:
+    """Everything a review message shows about an item."""
+
+    item_id: int
+    task_name: str
+    external_id: str | None
+    text: str
+    labels: tuple[str, ...]
+    ranked_labels: tuple[str, ...]
+    guess: str | None
+    confidence: float | None
+    model_version: int | None
+    final_label: str | None
+    final_source: str | None
+    answered_by: str | None
+    answered_at: datetime | None
+    resolved_at: datetime | None
+    channel: str | None
+    message_ts: str | None
+
+
+def item_view(session: Session, item_id: int) -> ItemView:
+    """Load an item with its latest prediction, deciding answer and Slack message."""
+    item = get_item(session, item_id)
+    task = item.task
+    prediction = session.scalar(
+        select(Prediction).where(Prediction.item_id == item.id).order_by(Prediction.id.desc())
+    )
+    version = None
+    ranked: tuple[str, ...] = ()
+    if prediction is not None and prediction.probabilities:
+        probabilities = prediction.probabilities
+        order = sorted(range(len(probabilities)), key=lambda j: -probabilities[j])
+        ranked = tuple(task.labels[j] for j in order if j < len(task.labels))
+    if prediction is not None and prediction.model_version_id is not None:
+        version = session.scalar(
+            select(ModelVersion.version).where(ModelVersion.id == prediction.model_version_id)
+        )
+    decided = decide_final(current_answers(session, item.id))
+    prompt = session.scalar(select(ReviewPrompt).where(ReviewPrompt.item_id == item.id))
+    return ItemView(
+        item_id=item.id,
+        task_name=task.name,
+        external_id=item.external_id,
+        text=item.text,
+        labels=tuple(task.labels),
+        ranked_labels=ranked,
+        guess=prediction.label if prediction else None,
+        confidence=prediction.confidence if prediction and prediction.label else None,
+        model_version=version,
+        final_label=item.final_label,
+        final_source=item.final_source,
+        answered_by=decided.user_id if decided and item.final_source == SOURCE_PERSON else None,
+        answered_at=decided.created_at if decided and item.final_source == SOURCE_PERSON else None,
+        resolved_at=item.resolved_at,
+        channel=prompt.channel if prompt else task.channel,
+        message_ts=prompt.message_ts if prompt else None,
+    )
+
+
+def _lock_item(session: Session, item_id: int) -> Item:
+    # Row lock on PostgreSQL; on SQLite the transaction already holds the write lock.
+    return get_item(session, item_id, lock=True)
+
+
+def answer_click(
+    session: Session, item_id: int, user_id: str, *, label: str, now: datetime | None = None
+) -> ClickOutcome:
+    """A person chose `label`: the first person's answer resolves the item.
+
+    Someone else's click on a resolved item changes nothing and says who answered; the same
+    person clicking again (a retry or a change of mind) is kept as history.
+    """
+    now = now or utcnow()
+    item = _lock_item(session, item_id)
+    decided = decide_final(current_answers(session, item.id))
+    if item.final_source == SOURCE_PERSON and decided is not None and decided.user_id != user_id:
+        return ClickOutcome(
+            ALREADY_LABELLED, item.id, decided.label, decided.user_id, decided.created_at
+        )
+    outcome = record_answer(session, item, user_id, label=label, kind=KIND_LABEL, now=now)
+    status = STORED if outcome.changed else UNCHANGED
+    at = now if outcome.changed else (decided.created_at if decided else now)
+    return ClickOutcome(status, item.id, label, user_id, at)
+
+
+def skip_click(
+    session: Session, item_id: int, user_id: str, *, now: datetime | None = None
+) -> ClickOutcome:
+    """Record that a person skipped an item; it stays open for others."""
+    item = _lock_item(session, item_id)
+    if item.final_source == SOURCE_PERSON:
+        decided = decide_final(current_answers(session, item.id))
+        if decided is not None:
+            return ClickOutcome(
+                ALREADY_LABELLED, item.id, decided.label, decided.user_id, decided.created_at
+            )
+    record_answer(session, item, user_id, label=None, kind=KIND_SKIP, now=now)
+    return ClickOutcome(SKIPPED, item.id)
+
+
+def may_change(session: Session, item_id: int, user_id: str) -> ClickOutcome | None:
+    """None when `user_id` may reopen the item's answer, else who holds it."""
+    item = get_item(session, item_id)
+    decided = decide_final(current_answers(session, item.id))
+    if item.final_source == SOURCE_PERSON and decided is not None and decided.user_id != user_id:
+        return ClickOutcome(
+            ALREADY_LABELLED, item.id, decided.label, decided.user_id, decided.created_at
+        )
+    return None

@@ -1,0 +1,226 @@
+"""The outbox poster: sends review prompts to Slack at Slack's pace, and never drops one.
+
+Each channel gets at most one message per `min_interval` seconds (Slack allows about one per
+second per channel). A 429 pauses that channel for its Retry-After; server and connection
+errors back off exponentially. Prompts of one channel go out in the order they were queued:
+while the oldest cannot be sent, the ones behind it wait. Delivery is at least once: a process
+killed between Slack's reply and our write re-sends that one prompt after a restart.
+"""
+
+import http.client
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.review import ItemView, item_view
+from bot.storage.schema import Item, ReviewPrompt, Task, utcnow
+
+logger = logging.getLogger(__name__)
+
+PENDING, SENDING, POSTED, FAILED = "pending", "sending", "posted", "failed"
+# Errors a person can fix (invite the bot, fix the channel): keep the prompt, retry slowly.
+_FIXABLE = {"channel_not_found", "not_in_channel", "is_archived", "channel_is_archived"}
+_FIXABLE_RETRY = 300.0
+_MAX_BACKOFF = 60.0
+_STALE_CLAIM = timedelta(minutes=2)
+
+MessageBuilder = Callable[[ItemView], dict[str, Any]]
+
+
+@dataclass
+class _ChannelState:
+    ready_at: float = 0.0
+    failures: int = 0
+
+
+@dataclass
+class PosterStats:
+    """Counters for tests and the latency benchmark."""
+
+    posted: int = 0
+    rate_limited: int = 0
+    errors: int = 0
+    post_times: list[float] = field(default_factory=list)
+
+
+class Poster:
+    """Sends due outbox rows with `chat.postMessage`, one channel at a time per slot."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        client: WebClient,
+        build_message: MessageBuilder,
+        *,
+        min_interval: float = 1.0,
+        tick: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sessions = sessions
+        self._client = client
+        self._build = build_message
+        self._min_interval = min_interval
+        self._tick = tick
+        self._clock = clock
+        self._channels: dict[str, _ChannelState] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stats = PosterStats()
+
+    def start(self) -> None:
+        """Run the poster in a daemon thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="hitl-poster", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread after the send in progress."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Look at the outbox now (called after new review items are stored)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # process boundary: the poster must outlive any one failure
+                logger.exception("poster round failed; retrying")
+                self._stop.wait(1.0)
+            self._wake.wait(self._tick)
+            self._wake.clear()
+
+    def _heads(self, session: Session) -> list[tuple[int, int, str, datetime]]:
+        """The oldest pending prompt of every channel."""
+        oldest = (
+            select(func.min(ReviewPrompt.id))
+            .join(Item, Item.id == ReviewPrompt.item_id)
+            .join(Task, Task.id == Item.task_id)
+            .where(ReviewPrompt.status == PENDING, Task.channel.is_not(None))
+            .group_by(Task.channel)
+        )
+        rows = session.execute(
+            select(
+                ReviewPrompt.id, ReviewPrompt.item_id, Task.channel, ReviewPrompt.next_attempt_at
+            )
+            .join(Item, Item.id == ReviewPrompt.item_id)
+            .join(Task, Task.id == Item.task_id)
+            .where(ReviewPrompt.id.in_(oldest))
+        ).all()
+        return [(row[0], row[1], str(row[2]), row[3]) for row in rows]
+
+    def run_once(self) -> int:
+        """Send at most one due prompt per ready channel; returns how many were posted."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            session.execute(
+                update(ReviewPrompt)
+                .where(ReviewPrompt.status == SENDING, ReviewPrompt.updated_at < now - _STALE_CLAIM)
+                .values(status=PENDING, updated_at=now)
+            )
+            # Only the oldest pending prompt of a channel may go: order within a channel is kept.
+            heads = self._heads(session)
+        posted = 0
+        for prompt_id, item_id, channel, due_at in heads:
+            state = self._channels.setdefault(channel, _ChannelState())
+            if due_at > now or self._clock() < state.ready_at or self._stop.is_set():
+                continue
+            posted += self._send(channel, prompt_id, item_id, state)
+        return posted
+
+    def _claim(self, prompt_id: int) -> ItemView | None:
+        with self._sessions.begin() as session:
+            claimed = session.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
+                update(ReviewPrompt)
+                .where(ReviewPrompt.id == prompt_id, ReviewPrompt.status == PENDING)
+                .values(status=SENDING, updated_at=utcnow())
+            ).rowcount
+            if claimed != 1:
+                return None
+            prompt = session.get_one(ReviewPrompt, prompt_id)
+            return item_view(session, prompt.item_id)
+
+    def _send(self, channel: str, prompt_id: int, item_id: int, state: _ChannelState) -> int:
+        view = self._claim(prompt_id)
+        if view is None:  # another poster took it, or it was answered meanwhile
+            return 0
+        message = self._build(view)
+        started = self._clock()
+        try:
+            response = self._client.chat_postMessage(
+                channel=channel, unfurl_links=False, unfurl_media=False, **message
+            )
+        except SlackApiError as exc:
+            return self._failed(channel, prompt_id, state, exc)
+        except (OSError, http.client.HTTPException) as exc:  # connection refused, reset, timeout
+            return self._failed(channel, prompt_id, state, exc)
+        state.failures = 0
+        state.ready_at = started + self._min_interval
+        with self._sessions.begin() as session:
+            session.execute(
+                update(ReviewPrompt)
+                .where(ReviewPrompt.id == prompt_id)
+                .values(
+                    status=POSTED,
+                    channel=str(response.get("channel") or channel),
+                    message_ts=str(response.get("ts")),
+                    attempts=ReviewPrompt.attempts + 1,
+                    last_error=None,
+                    updated_at=utcnow(),
+                )
+            )
+        self.stats.posted += 1
+        self.stats.post_times.append(started)
+        return 1
+
+    def _failed(self, channel: str, prompt_id: int, state: _ChannelState, exc: Exception) -> int:
+        now = self._clock()
+        status = PENDING
+        if isinstance(exc, SlackApiError) and exc.response.status_code == 429:
+            delay = float(exc.response.headers.get("Retry-After", 1) or 1)
+            self.stats.rate_limited += 1
+            reason = f"rate limited for {delay:g}s"
+        elif isinstance(exc, SlackApiError) and exc.response.status_code < 500:
+            error = str(exc.response.get("error", "unknown_error"))
+            self.stats.errors += 1
+            if error in _FIXABLE:
+                delay, reason = _FIXABLE_RETRY, f"{error}: invite the bot or fix the task channel"
+            else:
+                delay, reason, status = 0.0, f"Slack refused the message: {error}", FAILED
+        else:
+            state.failures += 1
+            self.stats.errors += 1
+            delay = min(_MAX_BACKOFF, 2.0 ** (state.failures - 1))
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+        state.ready_at = now + delay
+        if status == FAILED:
+            logger.error("prompt %d to %s not sendable: %s", prompt_id, channel, reason)
+        else:
+            logger.warning("prompt %d to %s delayed %.1fs: %s", prompt_id, channel, delay, reason)
+        with self._sessions.begin() as session:
+            session.execute(
+                update(ReviewPrompt)
+                .where(ReviewPrompt.id == prompt_id)
+                .values(
+                    status=status,
+                    attempts=ReviewPrompt.attempts + 1,
+                    last_error=reason,
+                    next_attempt_at=utcnow() + timedelta(seconds=delay),
+                    updated_at=utcnow(),
+                )
+            )
+        return 0
