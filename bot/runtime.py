@@ -1,0 +1,161 @@
+"""The serve process: services → Slack client → Bolt app → poster → HTTP server, in one place."""
+
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import uvicorn
+from slack_bolt import App
+from slack_sdk.errors import SlackApiError
+
+from bot.errors import HitlError
+from bot.scheduler import NightlyRetrain
+from bot.server import build_http_app
+from bot.services import Services, build_services
+from bot.settings import Settings
+from bot.slack.app import build_bolt_app
+from bot.slack.context import SlackDeps, make_web_client
+from bot.slack.messages import message_for
+from bot.slack.poster import Poster
+from bot.slack.reporting import publish_failure, publish_result
+
+logger = logging.getLogger(__name__)
+
+
+class SlackSetupError(HitlError):
+    """Slack credentials are missing or refused."""
+
+    exit_code = 2
+
+
+@dataclass
+class Runtime:
+    """A running bot: HTTP server in a thread, the poster, and what they share."""
+
+    services: Services
+    deps: SlackDeps
+    bolt: App
+    poster: Poster
+    host: str
+    port: int
+    socket_mode: bool = False
+    nightly: NightlyRetrain | None = None
+    server: uvicorn.Server | None = None
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP server."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, *, schedule: bool = True) -> "Runtime":
+        """Start the poster, the nightly job and the HTTP server; returns once serving."""
+        self.poster.start()
+        if schedule:
+            deps = self.deps
+            self.nightly = NightlyRetrain(
+                self.services,
+                on_result=lambda result: publish_result(deps, result),
+                on_failure=lambda task, channel, reason: publish_failure(
+                    deps, task, channel, reason
+                ),
+            )
+            self.nightly.start()
+        config = uvicorn.Config(
+            build_http_app(
+                self.services,
+                bolt_app=None if self.socket_mode else self.bolt,
+                on_review=self.poster.wake,
+            ),
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        self.server = uvicorn.Server(config)
+        thread = threading.Thread(target=self.server.run, name="hitl-http", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        if self.socket_mode:
+            from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+            token = self.services.settings.slack_app_token
+            assert token is not None  # checked in build_runtime
+            handler = SocketModeHandler(self.bolt, token.get_secret_value())
+            handler.connect()  # type: ignore[no-untyped-call]  # bolt leaves connect() unannotated
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise SlackSetupError(f"the HTTP server did not start on {self.host}:{self.port}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and posting."""
+        if self.server is not None:
+            self.server.should_exit = True
+        for thread in self.threads:
+            thread.join(10)
+        self.poster.stop()
+        if self.nightly is not None:
+            self.nightly.stop()
+        self.deps.background.shutdown(wait=False, cancel_futures=True)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    services: Services | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    poster_interval: float = 1.0,
+    socket_mode: bool = False,
+) -> Runtime:
+    """Check the Slack credentials and wire every part of the serve process."""
+    if settings.slack_bot_token is None:
+        raise SlackSetupError("SLACK_BOT_TOKEN is not set; see README 'Set up in Slack'")
+    if socket_mode and settings.slack_app_token is None:
+        raise SlackSetupError("Socket Mode needs SLACK_APP_TOKEN (xapp-…, scope connections:write)")
+    if settings.slack_signing_secret is None and not socket_mode:
+        raise SlackSetupError("SLACK_SIGNING_SECRET is not set; see README 'Set up in Slack'")
+    services = services or build_services(settings)
+    client = make_web_client(
+        settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url
+    )
+    try:
+        identity = client.auth_test()
+    except SlackApiError as exc:
+        raise SlackSetupError(
+            f"Slack refused the bot token ({exc.response.get('error')}); check SLACK_BOT_TOKEN"
+        ) from None
+    except OSError as exc:
+        raise SlackSetupError(f"cannot reach Slack at {settings.slack_api_url}: {exc}") from None
+    logger.info("connected to Slack as %s in %s", identity.get("user"), identity.get("team"))
+    deps = SlackDeps(
+        services=services,
+        client=client,
+        background=ThreadPoolExecutor(max_workers=2, thread_name_prefix="hitl-job"),
+    )
+    secret = settings.slack_signing_secret
+    bolt = build_bolt_app(deps, signing_secret=secret.get_secret_value() if secret else "")
+    poster = Poster(services.sessions, client, message_for, min_interval=poster_interval)
+    return Runtime(
+        services=services,
+        deps=deps,
+        bolt=bolt,
+        poster=poster,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        socket_mode=socket_mode,
+    )

@@ -1,0 +1,618 @@
+"""Block Kit builders: pure functions from small frozen inputs to message and view dicts.
+
+No I/O and no Slack client here; listeners, the poster and the reporting code call these and
+send the result. Every builder stays inside Slack's documented limits (Block Kit reference):
+50 blocks per message and 100 per view, 3000 characters per section text, 10 fields of 2000
+characters per section, 25 elements per actions block, 75 characters per button or option text,
+150 per placeholder or header, 100 options per static select.
+
+Untrusted text (item texts, labels, external ids, report summaries) is shown two ways:
+
+* as a `plain_text` text object wherever a block accepts one (the item text, buttons, options,
+  the label of an answer). Slack renders plain text literally: `*bold*` stays `*bold*` and
+  `<!channel>` is neither a mention nor a ping. mrkdwn has no way to escape `*`, `_`, `~` or
+  backquotes, which is why the item text is never put in a mrkdwn object.
+* inside mrkdwn only after `escape` (`&`, `<`, `>` and nothing else, as Slack documents), so it
+  can never form a mention, link or date; it may still render bold or italic.
+
+Lengths are measured conservatively, as UTF-16 code units of the escaped text: an emoji counts
+twice and `&` five times. Slack stores plain text escaped, and we do not rely on which of the
+two forms its limits count, so a text that fits here fits there.
+"""
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.slack import ids
+
+Block = dict[str, Any]
+Message = dict[str, Any]
+
+MAX_MESSAGE_BLOCKS = 50
+MAX_VIEW_BLOCKS = 100
+SECTION_TEXT_LIMIT = 3000
+FIELD_TEXT_LIMIT = 2000
+MAX_FIELDS = 10
+MAX_ACTIONS_ELEMENTS = 25
+MAX_CONTEXT_ELEMENTS = 10
+ELEMENT_TEXT_LIMIT = 75  # button text, option text
+PLACEHOLDER_LIMIT = 150
+HEADER_LIMIT = 150
+MAX_SELECT_OPTIONS = 100
+LABEL_BUTTONS = 5
+
+_ELLIPSIS = "…"
+_FALLBACK_SNIPPET = 100
+_USER_ID = re.compile(r"[A-Z0-9]{2,40}")
+_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,30}")
+_ESCAPED_COST = {"&": 5, "<": 4, ">": 4}
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptInput:
+    """What a review message shows about one item.
+
+    `labels` is the task's full ordered label set; `ranked_labels` the same labels ordered by
+    model probability, best first (empty when the task has no model yet).
+    """
+
+    task_name: str
+    item_id: int
+    external_id: str | None
+    text: str
+    labels: tuple[str, ...]
+    ranked_labels: tuple[str, ...]
+    guess: str | None
+    confidence: float | None
+    model_version: int | None
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """One line of `/hitl tasks`."""
+
+    name: str
+    labels_count: int
+    channel: str | None
+    threshold: float
+    active_model_version: int | None
+    queue_length: int
+
+
+@dataclass(frozen=True)
+class StatsView:
+    """A task's figures as `/hitl stats` and the App Home show them."""
+
+    task_name: str
+    threshold: float
+    items_today: int
+    items_7d: int
+    auto_share_7d: float | None
+    review_queue: int
+    answers_today: int
+    answers_7d: int
+    median_answer_seconds: float | None
+    top_reviewers: tuple[tuple[str, int], ...]
+    model_version: int | None
+    model_metrics: Mapping[str, float] = field(default_factory=dict)
+    last_report_summary: str | None = None
+
+
+# --- text helpers -----------------------------------------------------------------------------
+
+
+def escape(text: str) -> str:
+    """`text` made inert for mrkdwn: `&`, `<` and `>` become entities, nothing else changes."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _char_cost(char: str) -> int:
+    return _ESCAPED_COST.get(char) or (2 if ord(char) > 0xFFFF else 1)
+
+
+def _cost(text: str) -> int:
+    """Conservative length: UTF-16 code units of the escaped text."""
+    return sum(_char_cost(char) for char in text)
+
+
+def _prefix(text: str, budget: int) -> str:
+    """The longest prefix of `text` whose cost is at most `budget`."""
+    total = 0
+    for position, char in enumerate(text):
+        total += _char_cost(char)
+        if total > budget:
+            return text[:position]
+    return text
+
+
+def _fit(text: str, limit: int) -> str:
+    """`text`, or its start plus "…", within `limit`."""
+    if _cost(text) <= limit:
+        return text
+    return _prefix(text, limit - _cost(_ELLIPSIS)).rstrip() + _ELLIPSIS
+
+
+def _more_note(count: int) -> str:
+    return f"\n{_ELLIPSIS} ({count:,} more character{'' if count == 1 else 's'})"
+
+
+def _fit_with_note(text: str, limit: int) -> str:
+    """`text`, or as much as fits with a visible note of how much was cut."""
+    if _cost(text) <= limit:
+        return text
+    # The note for the whole length is the longest the note can be; reserve room for it.
+    kept = _prefix(text, limit - _cost(_more_note(len(text)))).rstrip()
+    return kept + _more_note(len(text) - len(kept))
+
+
+def _nonblank(text: str, placeholder: str = "(empty)") -> str:
+    # Slack rejects empty text objects.
+    return text if text.strip() else placeholder
+
+
+def _plain(text: str, *, literal: bool = False) -> Block:
+    """A plain_text object; `literal` keeps `:shortcodes:` of untrusted text as typed."""
+    obj: Block = {"type": "plain_text", "text": _nonblank(text)}
+    if literal:
+        obj["emoji"] = False
+    return obj
+
+
+def _mrkdwn(text: str) -> Block:
+    return {"type": "mrkdwn", "text": _nonblank(text)}
+
+
+def _section(text: str) -> Block:
+    """A mrkdwn section; callers escape untrusted parts and stay under the limit."""
+    return {"type": "section", "text": _mrkdwn(_fit(text, SECTION_TEXT_LIMIT))}
+
+
+def _fields_section(fields: Sequence[Block], *, text: str | None = None) -> Block:
+    block: Block = {"type": "section", "fields": list(fields[:MAX_FIELDS])}
+    if text is not None:
+        block["text"] = _mrkdwn(text)
+    return block
+
+
+def _field(title: str, value: str) -> Block:
+    """A mrkdwn field: bold title, value below (both already safe)."""
+    return _mrkdwn(f"*{title}*\n{value}")
+
+
+def _context(*elements: Block) -> Block:
+    return {"type": "context", "elements": list(elements[:MAX_CONTEXT_ELEMENTS])}
+
+
+def _header(text: str) -> Block:
+    return {"type": "header", "text": _plain(_fit(text, HEADER_LIMIT), literal=True)}
+
+
+def _button(text: str, action_id: str, value: str) -> Block:
+    return {
+        "type": "button",
+        "action_id": action_id,
+        "text": _plain(_fit(text, ELEMENT_TEXT_LIMIT), literal=True),
+        "value": value,
+    }
+
+
+def _percent(share: float) -> str:
+    return f"{share * 100:.0f} %"
+
+
+def _confidence(confidence: float) -> str:
+    # Floored, so an item below a 100 % threshold never shows as "100 %"; the epsilon keeps
+    # 0.29 (stored as 0.28999…) at 29.
+    return f"{math.floor(confidence * 100 + 1e-9)} %"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _mention(user_id: str | None) -> str:
+    if not user_id:
+        return "someone"
+    if _USER_ID.fullmatch(user_id):
+        return f"<@{user_id}>"
+    return escape(_fit(user_id, 80))
+
+
+def _channel(channel: str | None) -> str:
+    if not channel:
+        return "no channel"
+    if _CHANNEL_ID.fullmatch(channel):
+        return f"<#{channel}>"
+    return escape(_fit(channel, 80))
+
+
+def _slack_date(moment: datetime) -> str:
+    """Slack date formatting: shown in the reader's time zone, UTC text as the fallback."""
+    if moment.tzinfo is None:  # SQLite hands back naive datetimes; we store UTC
+        moment = moment.replace(tzinfo=UTC)
+    stamp = int(moment.timestamp())
+    fallback = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{stamp}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def _model_name(version: int | None) -> str:
+    return f"model v{version}" if version is not None else "the model"
+
+
+def _task(name: str) -> str:
+    return escape(_fit(name, 100))
+
+
+# --- review prompts ---------------------------------------------------------------------------
+
+
+def review_prompt(p: PromptInput) -> Message:
+    """The review message of an open item: its text, the model's guess, a way to pick any label.
+
+    Label plan: buttons for the model's five most likely labels (the first five of the task's
+    order when there is no model), then the remaining labels in task order in static selects of
+    at most 100 options each ("Other label…"), then Skip. Several selects rather than
+    `option_groups` (documented as "a maximum of 100 option groups with a maximum of 100
+    options", which does not say whether 100 options per group or in all) or an
+    `external_select` (a round trip to us per keystroke and one more listener that must answer
+    within 3 seconds). A task has at most 1000 labels: 5 buttons, 10 menus and Skip, 16
+    elements in one actions block of the 25 allowed. Values carry label indexes, never labels.
+    """
+    return _prompt(p, note=None)
+
+
+def change_prompt(
+    p: PromptInput, *, answered_by: str | None, previous_label: str | None = None
+) -> Message:
+    """The review message re-opened to change an answer (`answered_by` None: the model's)."""
+    who = (
+        f":pencil2: Changing the answer of {_mention(answered_by)}"
+        if answered_by
+        else ":pencil2: Overriding the model's answer"
+    )
+    elements = [_mrkdwn(who)]
+    if previous_label is not None:
+        elements.append(_plain(f"was: {_fit(previous_label, 200)}", literal=True))
+    return _prompt(p, note=_context(*elements))
+
+
+def _prompt(p: PromptInput, *, note: Block | None) -> Message:
+    blocks: list[Block] = [] if note is None else [note]
+    blocks.append(_context(_mrkdwn(f":mag: *Review needed* · {_task(p.task_name)}")))
+    blocks.append(_item_text(p.text))
+    blocks.append(_context(_plain(_guess_line(p), literal=True), _item_ref(p)))
+    blocks.extend(_label_actions(p, room=MAX_MESSAGE_BLOCKS - len(blocks)))
+    return {"text": _review_fallback(p), "blocks": blocks}
+
+
+def _item_text(text: str) -> Block:
+    body = _fit_with_note(_nonblank(text, "(empty text)"), SECTION_TEXT_LIMIT)
+    return {"type": "section", "text": _plain(body, literal=True)}
+
+
+def _item_ref(p: PromptInput) -> Block:
+    if p.external_id:
+        return _plain(f"Item {_fit(p.external_id, 200)}", literal=True)
+    return _plain(f"Item #{p.item_id}")
+
+
+def _guess_line(p: PromptInput) -> str:
+    if p.guess is None:
+        return "No model yet: the buttons follow the task's label order."
+    line = f"Model's guess: {_fit(p.guess, 200)}"
+    if p.confidence is not None:
+        line += f" · {_confidence(p.confidence)}"
+    if p.model_version is not None:
+        line += f" · model v{p.model_version}"
+    return line
+
+
+def _review_fallback(p: PromptInput) -> str:
+    snippet = " ".join(p.text.split())
+    if len(snippet) > _FALLBACK_SNIPPET:
+        snippet = snippet[:_FALLBACK_SNIPPET].rstrip() + _ELLIPSIS
+    return f"Review needed in {_task(p.task_name)}: {escape(snippet)}"
+
+
+def _button_labels(p: PromptInput) -> list[int]:
+    """Indexes of the labels that get a button: the model's ranking, topped up in task order."""
+    index: dict[str, int] = {}
+    for position, label in enumerate(p.labels):
+        index.setdefault(label, position)
+    preferred: tuple[str, ...] = p.ranked_labels or ((p.guess,) if p.guess else ())
+    chosen: list[int] = []
+    for label in (*preferred, *p.labels):
+        found = index.get(label)
+        if found is not None and found not in chosen:
+            chosen.append(found)
+            if len(chosen) == LABEL_BUTTONS:
+                break
+    return chosen
+
+
+def _label_menu(p: PromptInput, number: int, indexes: list[int], *, of: int) -> Block:
+    if of == 1:
+        placeholder = "Other label…"
+    else:
+        first, last = p.labels[indexes[0]], p.labels[indexes[-1]]
+        placeholder = f"Other label: {_fit(first, 60)} to {_fit(last, 60)}"
+    return {
+        "type": "static_select",
+        "action_id": ids.label_menu_action_id(number),
+        "placeholder": _plain(_fit(placeholder, PLACEHOLDER_LIMIT), literal=True),
+        "options": [
+            {
+                "text": _plain(_fit(p.labels[i], ELEMENT_TEXT_LIMIT), literal=True),
+                "value": ids.encode_choice(p.item_id, i),
+            }
+            for i in indexes
+        ],
+    }
+
+
+def _label_actions(p: PromptInput, *, room: int) -> list[Block]:
+    """Actions blocks with label buttons, label menus and Skip, in at most `room` blocks."""
+    top = _button_labels(p)
+    shown = set(top)
+    rest = [i for i in range(len(p.labels)) if i not in shown]
+    chunks = [rest[k : k + MAX_SELECT_OPTIONS] for k in range(0, len(rest), MAX_SELECT_OPTIONS)]
+    note: Block | None = None
+    # Only reachable far beyond the 1000 labels a task may have; keep the message valid anyway.
+    capacity = (room - 1) * MAX_ACTIONS_ELEMENTS - len(top) - 1
+    if len(chunks) > capacity:
+        hidden = sum(len(chunk) for chunk in chunks[capacity:])
+        chunks = chunks[:capacity]
+        note = _context(_plain(f"{hidden:,} more labels cannot be shown in one message."))
+    elements = [
+        _button(p.labels[i], ids.label_action_id(i), ids.encode_choice(p.item_id, i)) for i in top
+    ]
+    elements += [_label_menu(p, n, chunk, of=len(chunks)) for n, chunk in enumerate(chunks)]
+    elements.append(_button("Skip", ids.ACTION_SKIP, ids.encode_item(p.item_id)))
+    blocks = [
+        {"type": "actions", "elements": elements[k : k + MAX_ACTIONS_ELEMENTS]}
+        for k in range(0, len(elements), MAX_ACTIONS_ELEMENTS)
+    ]
+    return blocks if note is None else [*blocks, note]
+
+
+def answered_prompt(
+    p: PromptInput,
+    *,
+    label: str,
+    user_id: str,
+    answered_at: datetime,
+    by_model: bool = False,
+) -> Message:
+    """The message of a decided item: the label, who and when, and a Change/Override button."""
+    when = _slack_date(answered_at)
+    shown_label = _fit(label, 200)
+    if by_model:
+        head = f":robot_face: *Resolved by the model* · {_task(p.task_name)}"
+        at = f" at {_confidence(p.confidence)}" if p.confidence is not None else ""
+        who = f"resolved by {_model_name(p.model_version)}{at} · {when}"
+        button = _button("Override", ids.ACTION_OVERRIDE, ids.encode_item(p.item_id))
+        context = _context(_item_ref(p))
+        by = f"resolved by {_model_name(p.model_version)}{at}"
+    else:
+        head = f":white_check_mark: *Answered* · {_task(p.task_name)}"
+        who = f"by {_mention(user_id)} · {when}"
+        button = _button("Change", ids.ACTION_CHANGE, ids.encode_item(p.item_id))
+        context = _context(_plain(_verdict(p, label), literal=True), _item_ref(p))
+        by = f"answered by {_mention(user_id)}"
+    blocks: list[Block] = [
+        _context(_mrkdwn(head)),
+        _item_text(p.text),
+        _fields_section([_plain(f"Label: {shown_label}", literal=True), _mrkdwn(who)]),
+        context,
+        {"type": "actions", "elements": [button]},
+    ]
+    return {"text": f"{_task(p.task_name)}: {escape(shown_label)}, {by}", "blocks": blocks}
+
+
+def _verdict(p: PromptInput, label: str) -> str:
+    """What the model had guessed, and whether the person agreed with it."""
+    if p.guess is None:
+        return "The model had no guess (no model yet)."
+    confidence = f" at {_confidence(p.confidence)}" if p.confidence is not None else ""
+    agreed = "agreed" if p.guess == label else "the answer differs"
+    guessed = f"{_model_name(p.model_version).capitalize()} guessed {_fit(p.guess, 200)}"
+    return f"{guessed}{confidence}: {agreed}."
+
+
+# --- command replies --------------------------------------------------------------------------
+
+
+def ephemeral_text(text: str) -> Message:
+    """A one-section reply; `text` is mrkdwn, so callers escape untrusted parts with `escape`."""
+    return {"text": _fit(text, SECTION_TEXT_LIMIT), "blocks": [_section(text)]}
+
+
+def help_blocks() -> Message:
+    """`/hitl help`: every subcommand with its usage."""
+    command = ids.SLASH_COMMAND
+    usage = {
+        ids.CMD_TASKS: ("", "every task: labels, channel, threshold, model, queue"),
+        ids.CMD_STATS: (" [task]", "traffic, answers and model quality of a task"),
+        ids.CMD_THRESHOLD: (
+            " [task] [value]",
+            "show the threshold, or set it (admins; 0 < value ≤ 1, `85%` works too)",
+        ),
+        ids.CMD_RETRAIN: (" [task]", "train and measure a new model now (admins)"),
+        ids.CMD_HELP: ("", "this list"),
+    }
+    lines = [f"`{command} {word}{args}`\n{escape(what)}" for word, (args, what) in usage.items()]
+    return {
+        "text": f"{command} commands: " + ", ".join(usage),
+        "blocks": [
+            _header("hitl: human-in-the-loop labelling"),
+            _section("\n\n".join(lines)),
+            _context(
+                _mrkdwn(
+                    "Review prompts arrive in each task's channel: click the right label, or "
+                    "Skip. `[task]` may be left out when there is only one task."
+                )
+            ),
+        ],
+    }
+
+
+def tasks_blocks(tasks: Sequence[TaskSummary]) -> Message:
+    """`/hitl tasks`: one short entry per task."""
+    if not tasks:
+        return ephemeral_text("No tasks yet. Create one with `hitl task create NAME --labels a,b`.")
+    blocks: list[Block] = [_header(f"Tasks ({len(tasks)})")]
+    text = ""
+    shown = 0
+    for task in tasks:
+        model = f"model v{task.active_model_version}" if task.active_model_version else "no model"
+        entry = (
+            f"*{_task(task.name)}* · {_channel(task.channel)}\n"
+            f"{task.labels_count:,} labels · threshold {task.threshold:g} · {model} · "
+            f"{task.queue_length:,} waiting"
+        )
+        if text and _cost(text) + _cost(entry) + 2 > SECTION_TEXT_LIMIT:
+            if len(blocks) >= MAX_MESSAGE_BLOCKS - 2:  # keep room for this section and a note
+                break
+            blocks.append(_section(text))
+            text = ""
+        text = f"{text}\n\n{entry}" if text else entry
+        shown += 1
+    blocks.append(_section(text))
+    if shown < len(tasks):
+        blocks.append(_context(_plain(f"…and {len(tasks) - shown:,} more tasks.")))
+    return {"text": f"{len(tasks)} tasks", "blocks": blocks}
+
+
+def _traffic_fields(s: StatsView) -> list[Block]:
+    auto = _percent(s.auto_share_7d) if s.auto_share_7d is not None else "n/a"
+    median = _duration(s.median_answer_seconds) if s.median_answer_seconds is not None else "n/a"
+    return [
+        _field("Threshold", f"{s.threshold:g}"),
+        _field("Waiting for review", f"{s.review_queue:,}"),
+        _field("Items", f"{s.items_today:,} today\n{s.items_7d:,} in 7 days"),
+        _field("Automatic (7 days)", auto),
+        _field("Answers", f"{s.answers_today:,} today\n{s.answers_7d:,} in 7 days"),
+        _field("Median answer time", median),
+    ]
+
+
+_METRICS: dict[str, tuple[str, str]] = {
+    "accuracy": ("Accuracy", "percent"),
+    "macro_f1": ("Macro-F1", "{:.2f}"),
+    "ece": ("Calibration error", "{:.3f}"),
+    "holdout_size": ("Measured on", "{:,.0f} items"),
+}
+
+
+def _model_fields(s: StatsView) -> list[Block]:
+    if s.model_version is None:
+        return [_field("Model", "none yet: every item goes to review")]
+    fields = [_field("Model", f"v{s.model_version}")]
+    for key, (title, form) in _METRICS.items():
+        value = s.model_metrics.get(key)
+        if value is None and key == "holdout_size":
+            value = s.model_metrics.get("n")
+        if value is not None:
+            fields.append(
+                _field(title, _percent(value) if form == "percent" else form.format(value))
+            )
+    return fields
+
+
+def _reviewers(s: StatsView) -> str:
+    return ", ".join(f"{_mention(user)} {count:,}" for user, count in s.top_reviewers[:5])
+
+
+def stats_blocks(s: StatsView) -> Message:
+    """`/hitl stats`: traffic, answers and the model, in short fields that read well on a phone."""
+    blocks: list[Block] = [
+        _header(f"Stats: {_fit(s.task_name, 100)}"),
+        _fields_section(_traffic_fields(s)),
+        _fields_section(_model_fields(s)),
+    ]
+    if s.top_reviewers:
+        blocks.append(_section(f"*Top reviewers (7 days)*\n{_reviewers(s)}"))
+    if s.last_report_summary:
+        blocks.append(_context(_mrkdwn(escape(_fit(s.last_report_summary, 2000)))))
+    queue = f"{s.review_queue:,} waiting"
+    return {"text": f"Stats of {_task(s.task_name)}: {queue}", "blocks": blocks}
+
+
+def home_view(stats: Sequence[StatsView]) -> dict[str, Any]:
+    """The App Home tab: every task's figures, as many as a view's 100 blocks allow."""
+    blocks: list[Block] = [
+        _header("hitl-bot"),
+        _context(
+            _mrkdwn(f"Every task at a glance. `{ids.SLASH_COMMAND} help` lists the commands.")
+        ),
+    ]
+    if not stats:
+        blocks.append(
+            _section("No tasks yet. Create one with `hitl task create NAME --labels a,b`.")
+        )
+        return {"type": "home", "blocks": blocks}
+    for position, s in enumerate(stats):
+        task_blocks = _home_task(s)
+        # Keep one block free for the "more tasks" note unless this is the last task.
+        reserve = 0 if position == len(stats) - 1 else 1
+        if len(blocks) + len(task_blocks) + reserve > MAX_VIEW_BLOCKS:
+            left = len(stats) - position
+            blocks.append(
+                _context(
+                    _mrkdwn(
+                        f"…and {left:,} more tasks: `{ids.SLASH_COMMAND} {ids.CMD_STATS} NAME`."
+                    )
+                )
+            )
+            break
+        blocks.extend(task_blocks)
+    return {"type": "home", "blocks": blocks}
+
+
+def _home_task(s: StatsView) -> list[Block]:
+    model = _model_fields(s)
+    fields = _traffic_fields(s)[1:] + model[: MAX_FIELDS - 5]
+    blocks: list[Block] = [
+        {"type": "divider"},
+        _fields_section(fields, text=f"*{_task(s.task_name)}* · threshold {s.threshold:g}"),
+    ]
+    notes = []
+    if s.top_reviewers:
+        notes.append(_mrkdwn(f"Top reviewers (7 days): {_reviewers(s)}"))
+    if s.last_report_summary:
+        notes.append(_mrkdwn(escape(_fit(s.last_report_summary, 2000))))
+    if notes:
+        blocks.append(_context(*notes))
+    return blocks
+
+
+def threshold_changed_blocks(task_name: str, old: float, *, new: float, user_id: str) -> Message:
+    """The channel announcement of a threshold change, saying what it means for reviewers."""
+    task = _task(task_name)
+    headline = (
+        f":level_slider: {_mention(user_id)} changed the threshold of *{task}* "
+        f"from *{old:g}* to *{new:g}*."
+    )
+    if new > old:
+        meaning = "More items will come here for review; the model answers fewer on its own."
+    elif new < old:
+        meaning = "Fewer items will come here for review; the model answers more on its own."
+    else:
+        meaning = "Nothing changes."
+    return {
+        "text": f"Threshold of {task}: {old:g} → {new:g}",
+        "blocks": [_section(headline), _context(_plain(meaning))],
+    }

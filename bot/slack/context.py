@@ -1,0 +1,36 @@
+"""What Slack listeners are handed: the services plus the Web API client."""
+
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+
+from bot.services import Services
+
+
+@dataclass(frozen=True)
+class SlackDeps:
+    """Dependencies of every listener; built once in the composition root."""
+
+    services: Services
+    client: WebClient
+    background: Executor
+
+
+def make_web_client(token: str, *, base_url: str, timeout: int = 10) -> WebClient:
+    """A Web API client that retries rate limits, 5xx answers and dropped connections."""
+    return WebClient(
+        token=token,
+        base_url=base_url,
+        timeout=timeout,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=3),
+            RateLimitErrorRetryHandler(max_retry_count=3),
+            ServerErrorRetryHandler(max_retry_count=3),
+        ],
+    )

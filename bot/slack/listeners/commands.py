@@ -1,0 +1,163 @@
+"""The `/hitl` slash command: help, tasks, stats, threshold, retrain."""
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from slack_bolt import Ack, App, Respond
+from slack_sdk.errors import SlackApiError
+from sqlalchemy.orm import Session
+
+from bot import tasks as task_ops
+from bot.errors import BadInputError, HitlError
+from bot.slack import blocks, ids
+from bot.slack.context import SlackDeps
+from bot.slack.messages import stats_view
+from bot.stats import task_stats
+from bot.storage.schema import Task
+from bot.training import retrain_task
+
+logger = logging.getLogger(__name__)
+
+
+def _pick_task(session: Session, name: str | None) -> Task:
+    """The named task, or the only one when no name is given."""
+    if name:
+        return task_ops.get_task(session, name)
+    found = task_ops.list_tasks(session)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise BadInputError("there are no tasks yet; create one with `hitl task create`")
+    names = ", ".join(t.name for t in found[:20])
+    raise BadInputError(
+        f"several tasks exist ({names}); name one, e.g. `/hitl stats {found[0].name}`"
+    )
+
+
+def _reply(respond: Respond, payload: dict[str, Any]) -> None:
+    respond(response_type="ephemeral", replace_original=False, **payload)
+
+
+def _error(respond: Respond, message: str) -> None:
+    _reply(respond, blocks.ephemeral_text(f":warning: {message}"))
+
+
+def register(app: App, deps: SlackDeps) -> None:
+    """Attach the `/hitl` command listener to `app`."""
+    services = deps.services
+
+    def help_(_: list[str], __: dict[str, Any], respond: Respond) -> None:
+        _reply(respond, blocks.help_blocks())
+
+    def tasks_(_: list[str], __: dict[str, Any], respond: Respond) -> None:
+        with services.sessions.begin() as session:
+            summaries = []
+            for task in task_ops.list_tasks(session):
+                stats = task_stats(session, task)
+                summaries.append(
+                    blocks.TaskSummary(
+                        name=task.name,
+                        labels_count=len(task.labels),
+                        channel=task.channel,
+                        threshold=task.threshold,
+                        active_model_version=stats.model_version,
+                        queue_length=stats.review_queue,
+                    )
+                )
+        _reply(respond, blocks.tasks_blocks(summaries))
+
+    def stats_(args: list[str], _: dict[str, Any], respond: Respond) -> None:
+        with services.sessions.begin() as session:
+            task = _pick_task(session, args[0] if args else None)
+            view = stats_view(task_stats(session, task))
+        _reply(respond, blocks.stats_blocks(view))
+
+    def threshold_(args: list[str], command: dict[str, Any], respond: Respond) -> None:
+        name, value = _task_and_value(args)
+        user = command["user_id"]
+        with services.sessions.begin() as session:
+            task = _pick_task(session, name)
+            if value is None:
+                _reply(
+                    respond,
+                    blocks.ephemeral_text(f"Threshold of *{task.name}* is {task.threshold:g}."),
+                )
+                return
+            if user not in services.settings.admin_ids:
+                raise BadInputError("only admins (HITL_ADMINS) can change the threshold")
+            task = task_ops.get_task(session, task.name, lock=True)
+            old = task_ops.set_threshold(session, task, value, actor=user)
+            new, channel, task_name = task.threshold, task.channel, task.name
+        _reply(respond, blocks.ephemeral_text(f"Threshold of *{task_name}*: {old:g} → {new:g}."))
+        if channel:
+            try:
+                deps.client.chat_postMessage(
+                    channel=channel,
+                    **blocks.threshold_changed_blocks(task_name, old, new=new, user_id=user),
+                )
+            except SlackApiError:
+                logger.exception("could not announce the threshold change in %s", channel)
+
+    def retrain_(args: list[str], command: dict[str, Any], respond: Respond) -> None:
+        user = command["user_id"]
+        if user not in services.settings.admin_ids:
+            raise BadInputError("only admins (HITL_ADMINS) can retrain")
+        with services.sessions.begin() as session:
+            task = _pick_task(session, args[0] if args else None)
+            name, channel = task.name, task.channel
+        _reply(
+            respond,
+            blocks.ephemeral_text(
+                f"Retraining *{name}*; the result follows in "
+                + (f"<#{channel}>." if channel else "this reply.")
+            ),
+        )
+        deps.background.submit(_retrain_and_report, deps, name, channel, respond)
+
+    handlers: dict[str, Callable[[list[str], dict[str, Any], Respond], None]] = {
+        ids.CMD_HELP: help_,
+        ids.CMD_TASKS: tasks_,
+        ids.CMD_STATS: stats_,
+        ids.CMD_THRESHOLD: threshold_,
+        ids.CMD_RETRAIN: retrain_,
+    }
+
+    @app.command(ids.SLASH_COMMAND)
+    def hitl_command(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
+        ack()
+        words = str(command.get("text") or "").split()
+        handler = handlers.get(words[0].lower() if words else "", help_)
+        try:
+            handler(words[1:], command, respond)
+        except HitlError as exc:
+            _error(respond, str(exc))
+
+
+def _task_and_value(args: list[str]) -> tuple[str | None, str | None]:
+    """`[task] [value]`: a lone argument is a value when it looks like one."""
+    if len(args) >= 2:
+        return args[0], args[1]
+    if len(args) == 1:
+        word = args[0]
+        looks_numeric = word.rstrip("%").replace(".", "", 1).lstrip("-").isdigit()
+        return (None, word) if looks_numeric else (word, None)
+    return None, None
+
+
+def _retrain_and_report(deps: SlackDeps, name: str, channel: str | None, respond: Respond) -> None:
+    from bot.slack.reporting import publish_failure, publish_result
+
+    try:
+        result = retrain_task(
+            deps.services.sessions,
+            name,
+            registry=deps.services.registry,
+            settings=deps.services.settings,
+            trigger="slack",
+            force=True,
+        )
+    except HitlError as exc:
+        publish_failure(deps, name, channel, str(exc), respond=respond)
+        return
+    publish_result(deps, result, respond=respond)

@@ -1,0 +1,63 @@
+"""Turning stored items and stats into Block Kit messages (through the pure builders)."""
+
+from typing import Any
+
+from bot.review import ItemView
+from bot.slack import blocks
+from bot.stats import TaskStats
+from bot.storage.schema import SOURCE_MODEL, SOURCE_PERSON
+
+
+def prompt_input(view: ItemView) -> blocks.PromptInput:
+    """The builder's input for an item."""
+    return blocks.PromptInput(
+        task_name=view.task_name,
+        item_id=view.item_id,
+        external_id=view.external_id,
+        text=view.text,
+        labels=view.labels,
+        ranked_labels=view.ranked_labels,
+        guess=view.guess,
+        confidence=view.confidence,
+        model_version=view.model_version,
+    )
+
+
+def message_for(view: ItemView) -> dict[str, Any]:
+    """The message an item's prompt should show now: open, answered, or resolved by the model."""
+    data = prompt_input(view)
+    if view.final_source == SOURCE_PERSON and view.final_label and view.answered_by:
+        assert view.answered_at is not None
+        return blocks.answered_prompt(
+            data, label=view.final_label, user_id=view.answered_by, answered_at=view.answered_at
+        )
+    if view.final_source == SOURCE_MODEL and view.final_label and view.resolved_at:
+        return blocks.answered_prompt(
+            data, label=view.final_label, user_id="", answered_at=view.resolved_at, by_model=True
+        )
+    return blocks.review_prompt(data)
+
+
+def stats_view(stats: TaskStats) -> blocks.StatsView:
+    """The builder's input for a task's stats."""
+    metrics = {
+        key: float(value)
+        for key, value in stats.model_metrics.items()
+        if key in ("accuracy", "macro_f1", "ece", "holdout_size", "n")
+        and isinstance(value, int | float)
+    }
+    return blocks.StatsView(
+        task_name=stats.task,
+        threshold=stats.threshold,
+        items_today=stats.items_today,
+        items_7d=stats.items_7d,
+        auto_share_7d=stats.auto_share_7d,
+        review_queue=stats.review_queue,
+        answers_today=stats.answers_today,
+        answers_7d=stats.answers_7d,
+        median_answer_seconds=stats.median_answer_seconds,
+        top_reviewers=tuple(stats.top_reviewers),
+        model_version=stats.model_version,
+        model_metrics=metrics,
+        last_report_summary=None,
+    )

@@ -1,0 +1,72 @@
+"""Posting retrain results to Slack: the report, its chart, and the updated queue messages."""
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+
+from bot.report import format_report_text, render_chart
+from bot.review import item_view
+from bot.slack.context import SlackDeps
+from bot.slack.messages import message_for
+from bot.slack.report_blocks import report_blocks
+from bot.tasks import get_task
+from bot.training import RetrainResult, version_history
+
+logger = logging.getLogger(__name__)
+
+Respond = Callable[..., Any]
+
+
+def publish_result(
+    deps: SlackDeps, result: RetrainResult, *, respond: Respond | None = None
+) -> None:
+    """Post the report (and chart) to the task channel; update messages of resolved items."""
+    report = result.report
+    if not result.channel:
+        if respond is not None:
+            respond(
+                text=format_report_text(report), response_type="ephemeral", replace_original=False
+            )
+        return
+    if result.status == "skipped" and not deps.services.settings.report_skips:
+        return
+    try:
+        deps.client.chat_postMessage(channel=result.channel, **report_blocks(report))
+    except SlackApiError:
+        logger.exception("could not post the report of %s", result.task)
+        return
+    if result.status in ("promoted", "kept"):
+        with deps.services.sessions.begin() as session:
+            history = version_history(session, get_task(session, result.task))
+        try:
+            deps.client.files_upload_v2(
+                channel=result.channel,
+                content=render_chart(report, history),
+                filename=f"{result.task}-v{report.get('new_version')}.png",
+                title=f"{result.task}: model v{report.get('new_version')}",
+            )
+        except SlackApiError:
+            logger.exception("could not upload the chart of %s", result.task)
+    for update in result.updates:
+        with deps.services.sessions.begin() as session:
+            message = message_for(item_view(session, update.item_id))
+        try:
+            deps.client.chat_update(channel=update.channel, ts=update.ts, **message)
+        except SlackApiError:
+            logger.exception("could not update the message of item %d", update.item_id)
+
+
+def publish_failure(
+    deps: SlackDeps, task: str, channel: str | None, reason: str, *, respond: Respond | None = None
+) -> None:
+    """Say in the channel (or to the person who asked) that a retrain failed and why."""
+    text = f":x: {reason}"
+    try:
+        if channel:
+            deps.client.chat_postMessage(channel=channel, text=text)
+        elif respond is not None:
+            respond(text=text, response_type="ephemeral", replace_original=False)
+    except SlackApiError:
+        logger.exception("could not report the failed retrain of %s", task)

@@ -1,0 +1,622 @@
+"""Block Kit builders: values shown, Slack's limits kept, every label reachable and decodable."""
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from slack_sdk.models.blocks import Block
+
+from bot.slack import blocks, ids
+
+# Slack's documented limits (Block Kit reference), written out here rather than imported from
+# the module under test.
+MESSAGE_BLOCKS, VIEW_BLOCKS = 50, 100
+SECTION_TEXT, FIELD_TEXT, FIELDS = 3000, 2000, 10
+ACTIONS_ELEMENTS, CONTEXT_ELEMENTS = 25, 10
+BUTTON_TEXT, OPTION_TEXT, OPTION_VALUE, BUTTON_VALUE = 75, 75, 150, 2000
+PLACEHOLDER, HEADER, ACTION_ID, SELECT_OPTIONS = 150, 150, 255, 100
+
+WHEN = datetime(2025, 3, 4, 13, 37, tzinfo=UTC)
+
+
+def slack_len(text_object: dict[str, Any]) -> int:
+    """The larger of the ways Slack might count: UTF-16 units, of the escaped text if plain."""
+    text = text_object["text"]
+    if text_object["type"] == "plain_text":
+        text = blocks.escape(text)
+    return len(text.encode("utf-16-le")) // 2
+
+
+def prompt(
+    labels: tuple[str, ...],
+    *,
+    ranked: tuple[str, ...] = (),
+    text: str = "my card was charged twice",
+    guess: str | None = None,
+    confidence: float | None = None,
+    version: int | None = None,
+    external_id: str | None = None,
+    item_id: int = 42,
+) -> blocks.PromptInput:
+    return blocks.PromptInput(
+        task_name="tickets",
+        item_id=item_id,
+        external_id=external_id,
+        text=text,
+        labels=labels,
+        ranked_labels=ranked,
+        guess=guess,
+        confidence=confidence,
+        model_version=version,
+    )
+
+
+def modelled(labels: tuple[str, ...], *, text: str = "refund please") -> blocks.PromptInput:
+    """A prompt whose model ranks the labels in reverse task order, at 62 %."""
+    ranked = tuple(reversed(labels))
+    return prompt(labels, ranked=ranked, text=text, guess=ranked[0], confidence=0.62, version=3)
+
+
+def elements_of(block_list: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for block in block_list:
+        if block["type"] == "actions":
+            yield from block["elements"]
+
+
+def text_objects(node: Any) -> Iterator[dict[str, Any]]:
+    """Every text object anywhere in a block tree."""
+    if isinstance(node, dict):
+        if node.get("type") in ("plain_text", "mrkdwn") and "text" in node:
+            yield node
+        for value in node.values():
+            yield from text_objects(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from text_objects(value)
+
+
+def assert_valid(block_list: list[dict[str, Any]], *, max_blocks: int = MESSAGE_BLOCKS) -> None:
+    """Check every limit we rely on, then let slack_sdk's own models validate each block."""
+    assert 1 <= len(block_list) <= max_blocks
+    action_ids = [e["action_id"] for e in elements_of(block_list)]
+    assert len(action_ids) == len(set(action_ids)), "action_ids repeat within a message"
+    for block in block_list:
+        kind = block["type"]
+        if kind == "section":
+            assert "text" in block or "fields" in block
+            if "text" in block:
+                assert 1 <= slack_len(block["text"]) <= SECTION_TEXT
+            fields = block.get("fields", [])
+            assert len(fields) <= FIELDS
+            assert all(1 <= slack_len(f) <= FIELD_TEXT for f in fields)
+        elif kind == "actions":
+            assert 1 <= len(block["elements"]) <= ACTIONS_ELEMENTS
+        elif kind == "context":
+            assert 1 <= len(block["elements"]) <= CONTEXT_ELEMENTS
+            assert all(1 <= slack_len(e) <= SECTION_TEXT for e in block["elements"])
+        elif kind == "header":
+            assert block["text"]["type"] == "plain_text"
+            assert 1 <= slack_len(block["text"]) <= HEADER
+        else:
+            assert kind == "divider"
+    for element in elements_of(block_list):
+        assert len(element["action_id"]) <= ACTION_ID
+        if element["type"] == "button":
+            assert element["text"]["type"] == "plain_text"
+            assert 1 <= slack_len(element["text"]) <= BUTTON_TEXT
+            assert len(element["value"]) <= BUTTON_VALUE
+        else:
+            assert element["type"] == "static_select"
+            assert 1 <= slack_len(element["placeholder"]) <= PLACEHOLDER
+            assert 1 <= len(element["options"]) <= SELECT_OPTIONS
+            for option in element["options"]:
+                assert option["text"]["type"] == "plain_text"
+                assert 1 <= slack_len(option["text"]) <= OPTION_TEXT
+                assert len(option["value"]) <= OPTION_VALUE
+    for block in block_list:
+        Block.parse(block).validate_json()  # type: ignore[union-attr]  # parse of a dict is a Block
+    for text_object in text_objects(block_list):
+        if text_object["type"] == "mrkdwn":
+            assert_inert(text_object["text"])
+
+
+# What we put inside <…> on purpose: user and channel mentions, dates. Anything else is a bug.
+_CONTROL = re.compile(r"<(?:@[A-Z0-9]+|#[A-Z0-9]+|!date\^\d+\^[^|<>]+\|[^<>]+)>")
+_ENTITY = re.compile(r"&(?:amp|lt|gt);")
+
+
+def assert_inert(mrkdwn: str) -> None:
+    """No `&`, `<` or `>` in mrkdwn except entities and our own mentions and dates."""
+    rest = _ENTITY.sub("", _CONTROL.sub("", mrkdwn))
+    assert not set("&<>") & set(rest), f"unescaped control character in {mrkdwn!r}"
+
+
+def choices(message: dict[str, Any]) -> list[tuple[str, str, tuple[int, int]]]:
+    """(kind, shown text, decoded value) of every label button and menu option."""
+    found = []
+    for element in elements_of(message["blocks"]):
+        if ids.LABEL_ACTION_PATTERN.match(element["action_id"]):
+            found.append(("button", element["text"]["text"], ids.decode_choice(element["value"])))
+        elif ids.LABEL_MENU_PATTERN.match(element["action_id"]):
+            for option in element["options"]:
+                decoded = ids.decode_choice(option["value"])
+                found.append(("option", option["text"]["text"], decoded))
+    return found
+
+
+def all_text(message: dict[str, Any]) -> str:
+    return "\n".join(t["text"] for t in text_objects(message["blocks"]))
+
+
+# --- ids --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("item_id", "label_index"), [(0, 0), (1, 2), (42, 999), (10**18 - 1, 7)])
+def test_choice_round_trips(item_id: int, label_index: int) -> None:
+    """encode_choice and decode_choice are inverse for any item id and label index."""
+    assert ids.decode_choice(ids.encode_choice(item_id, label_index)) == (item_id, label_index)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    ["", "1", "1:", ":1", "1:2:3", "-1:2", "1:-2", "01:2", "1:02", "a:b", "1:2\n", " 1:2",
+     "1|2", "١:٢", "1.0:2", "1" * 19 + ":2", "{\"item\": 1}"],
+)  # fmt: skip
+def test_decode_choice_refuses_garbage(garbage: str) -> None:
+    """Anything encode_choice cannot produce is a ValueError, including non-ASCII digits."""
+    with pytest.raises(ValueError):
+        ids.decode_choice(garbage)
+
+
+def test_decode_choice_refuses_non_strings() -> None:
+    """A missing value (None) from a payload is a ValueError, not a TypeError."""
+    with pytest.raises(ValueError):
+        ids.decode_choice(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("garbage", ["", "x", "-3", "03", "4:1", "7 ", "١٢"])
+def test_decode_item_refuses_garbage(garbage: str) -> None:
+    """Skip/Change/Override values decode only from encode_item's output."""
+    with pytest.raises(ValueError):
+        ids.decode_item(garbage)
+    assert ids.decode_item(ids.encode_item(1234)) == 1234
+
+
+@pytest.mark.parametrize("bad", [-1, True, 10**18])
+def test_encode_refuses_impossible_numbers(bad: int) -> None:
+    """Negative, boolean and oversized numbers are refused when encoding."""
+    with pytest.raises(ValueError):
+        ids.encode_choice(bad, 0)
+    with pytest.raises(ValueError):
+        ids.encode_item(bad)
+
+
+def test_action_patterns_match_only_their_own_ids() -> None:
+    """The label-button pattern never matches a menu id or the fixed action ids, and back."""
+    assert ids.LABEL_ACTION_PATTERN.match(ids.label_action_id(12))
+    assert ids.LABEL_MENU_PATTERN.match(ids.label_menu_action_id(3))
+    others = [ids.label_menu_action_id(0), ids.ACTION_SKIP, ids.ACTION_CHANGE, ids.ACTION_LABEL]
+    assert not any(ids.LABEL_ACTION_PATTERN.match(other) for other in others)
+    assert not ids.LABEL_MENU_PATTERN.match(ids.label_action_id(0))
+    assert not ids.LABEL_MENU_PATTERN.match(ids.ACTION_LABEL_MENU)
+
+
+# --- review prompt ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [2, 5, 6, 77, 105, 250, 1000])
+@pytest.mark.parametrize("with_model", [True, False])
+def test_every_label_is_reachable_exactly_once(count: int, with_model: bool) -> None:
+    """Each label has one button or one option whose value decodes to (item, its index)."""
+    labels = tuple(f"label {n:04d}" for n in range(count))
+    message = blocks.review_prompt(modelled(labels) if with_model else prompt(labels))
+    assert_valid(message["blocks"])
+    found = choices(message)
+    assert sorted(index for _, _, (_, index) in found) == list(range(count))
+    assert {item for _, _, (item, _) in found} == {42}
+    assert all(shown == labels[index] for _, shown, (_, index) in found)
+    buttons = [c for c in found if c[0] == "button"]
+    assert len(buttons) == min(5, count)
+    menus = [e for e in elements_of(message["blocks"]) if e["type"] == "static_select"]
+    assert len(menus) == -(-(count - len(buttons)) // SELECT_OPTIONS)
+
+
+def test_buttons_follow_the_model_ranking() -> None:
+    """With a model, the buttons are its five best labels, best first; the rest in task order."""
+    labels = tuple("abcdefgh")
+    ranked = ("g", "c", "h", "a", "e", "b", "d", "f")
+    message = blocks.review_prompt(
+        prompt(labels, ranked=ranked, guess="g", confidence=0.4, version=2)
+    )
+    found = choices(message)
+    assert [shown for kind, shown, _ in found if kind == "button"] == ["g", "c", "h", "a", "e"]
+    assert [shown for kind, shown, _ in found if kind == "option"] == ["b", "d", "f"]
+    assert "Model's guess: g · 40 % · model v2" in all_text(message)
+
+
+def test_without_a_model_the_first_labels_get_buttons() -> None:
+    """No model: "no model yet", and the first five labels of the task order are buttons."""
+    labels = tuple(f"l{n}" for n in range(9))
+    message = blocks.review_prompt(prompt(labels))
+    buttons = [shown for kind, shown, _ in choices(message) if kind == "button"]
+    assert buttons == ["l0", "l1", "l2", "l3", "l4"]
+    assert "no model yet" in all_text(message).lower()
+    assert "%" not in all_text(message)
+
+
+def test_skip_button_carries_the_item_id() -> None:
+    """Skip is the last element and its value decodes to the item id."""
+    message = blocks.review_prompt(prompt(("yes", "no"), item_id=9876))
+    last = list(elements_of(message["blocks"]))[-1]
+    assert last["action_id"] == ids.ACTION_SKIP
+    assert ids.decode_item(last["value"]) == 9876
+
+
+def test_item_text_is_literal_and_cannot_ping() -> None:
+    """`<!channel>`, `*bold*` and `<@U1>` are shown as typed, in a plain_text object only."""
+    text = "Hey <!channel> and <@U0123> look: *bold* _it_ `code` & <https://x.y|link>"
+    message = blocks.review_prompt(prompt(("a", "b"), text=text))
+    assert_valid(message["blocks"])
+    item_objects = [t for t in text_objects(message["blocks"]) if t["text"] == text]
+    assert [t["type"] for t in item_objects] == ["plain_text"]
+    mrkdwn = [t["text"] for t in text_objects(message["blocks"]) if t["type"] == "mrkdwn"]
+    assert not any("<!channel>" in t or "<@U0123>" in t for t in mrkdwn)
+    assert message["text"].startswith("Review needed in tickets: Hey &lt;!channel&gt; and ")
+    assert "<!" not in message["text"] and "<@" not in message["text"]
+
+
+def test_long_text_is_cut_with_a_visible_note() -> None:
+    """A 10,000-character text keeps its start, says how much was cut, and fits 3000."""
+    text = "".join(chr(ord("a") + n % 26) for n in range(10_000))
+    message = blocks.review_prompt(prompt(("a", "b"), text=text))
+    assert_valid(message["blocks"])
+    shown = message["blocks"][1]["text"]["text"]
+    kept, note = shown.split("\n")
+    assert text.startswith(kept)
+    assert note == f"… ({10_000 - len(kept):,} more characters)"
+    assert 2900 < len(shown) <= SECTION_TEXT
+    assert all(slack_len(t) <= SECTION_TEXT for t in text_objects(message["blocks"]))
+
+
+@pytest.mark.parametrize("unit", ["😀", "&", "<>", "日本語", "مرحبا"])
+def test_long_text_of_wide_or_escaped_characters_fits(unit: str) -> None:
+    """Emoji (two UTF-16 units) and characters Slack escapes still fit the 3000 limit."""
+    message = blocks.review_prompt(prompt(("a", "b"), text=unit * 5000))
+    assert_valid(message["blocks"])
+    assert "more characters)" in message["blocks"][1]["text"]["text"]
+
+
+def test_short_text_is_not_cut() -> None:
+    """A text that fits is shown whole, without a note."""
+    text = "x" * 2999
+    message = blocks.review_prompt(prompt(("a", "b"), text=text))
+    assert message["blocks"][1]["text"]["text"] == text
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "請求に関する問題",
+        "🚀 launch / 🐛 bug",
+        "استرداد الأموال",
+        "a|b|c",
+        "x & y <z>",
+        "*bold* <!here>",
+        "長" * 200,
+        "🙂" * 200,
+    ],
+)
+def test_unicode_and_separator_labels_survive(label: str) -> None:
+    """Any label is shown (cut to 75 when long) and its value decodes back to that label."""
+    labels = ("other", label, *(f"filler {n}" for n in range(10)))
+    message = blocks.review_prompt(
+        prompt(labels, ranked=(label, "other"), guess=label, confidence=0.3, version=1)
+    )
+    assert_valid(message["blocks"])
+    found = choices(message)
+    ours = [(shown, index) for _, shown, (_, index) in found if labels[index] == label]
+    assert len(ours) == 1
+    shown, index = ours[0]
+    assert labels[index] == label
+    assert shown == label or (shown.endswith("…") and label.startswith(shown[:-1]))
+
+
+def test_long_labels_in_menus_are_cut_to_75() -> None:
+    """Option texts and the multi-menu placeholders stay within Slack's limits."""
+    labels = tuple(f"{n:03d} " + "ラベル" * 70 for n in range(240))
+    message = blocks.review_prompt(prompt(labels))
+    assert_valid(message["blocks"])
+    placeholders = [
+        e["placeholder"]["text"]
+        for e in elements_of(message["blocks"])
+        if e["type"] == "static_select"
+    ]
+    assert len(placeholders) == 3
+    assert placeholders[0].startswith("Other label: 005 ")
+
+
+def test_one_menu_is_called_other_label() -> None:
+    """With up to 100 remaining labels there is one menu, "Other label…"."""
+    message = blocks.review_prompt(prompt(tuple(f"l{n}" for n in range(50))))
+    menus = [e for e in elements_of(message["blocks"]) if e["type"] == "static_select"]
+    assert [m["placeholder"]["text"] for m in menus] == ["Other label…"]
+
+
+def test_absurd_label_counts_still_give_a_valid_message() -> None:
+    """Far past the 1000-label cap the message keeps to 50 blocks and says labels are missing."""
+    labels = tuple(str(n) for n in range(120_000))
+    message = blocks.review_prompt(prompt(labels))
+    assert len(message["blocks"]) <= MESSAGE_BLOCKS
+    assert "more labels cannot be shown" in all_text(message)
+    assert list(elements_of(message["blocks"]))[-1]["action_id"] == ids.ACTION_SKIP
+
+
+def test_item_reference_prefers_the_external_id() -> None:
+    """The external id is shown when present, else the internal #id."""
+    with_external = blocks.review_prompt(prompt(("a", "b"), external_id="TCK-77"))
+    assert "Item TCK-77" in all_text(with_external)
+    internal = blocks.review_prompt(prompt(("a", "b"), item_id=5))
+    assert "Item #5" in all_text(internal)
+
+
+def test_confidence_is_floored_to_a_percentage() -> None:
+    """0.999 shows as 99 %, never 100 %, and 0.29 as 29 %."""
+    high = blocks.review_prompt(prompt(("a", "b"), ranked=("a", "b"), guess="a", confidence=0.999))
+    assert "99 %" in all_text(high)
+    low = blocks.review_prompt(prompt(("a", "b"), ranked=("a", "b"), guess="a", confidence=0.29))
+    assert "29 %" in all_text(low)
+
+
+def test_fallback_text_is_short_and_single_line() -> None:
+    """The notification text is the task and the first 100 characters, on one line."""
+    message = blocks.review_prompt(prompt(("a", "b"), text="line one\nline two " + "z" * 500))
+    assert message["text"].startswith("Review needed in tickets: line one line two zzz")
+    assert message["text"].endswith("…")
+    assert len(message["text"]) <= len("Review needed in tickets: ") + 101
+
+
+def test_task_name_is_escaped_in_mrkdwn() -> None:
+    """A task name can never form a mention in the mrkdwn parts."""
+    data = blocks.PromptInput("<!here>", 1, None, "t", ("a", "b"), (), None, None, None)
+    message = blocks.review_prompt(data)
+    assert "&lt;!here&gt;" in all_text(message)
+    assert "<!here>" not in all_text(message)
+
+
+def test_change_prompt_names_whose_answer_changes() -> None:
+    """Re-opening shows who answered and what, above the usual label buttons."""
+    message = blocks.change_prompt(
+        modelled(("a", "b", "c")), answered_by="U0ABC", previous_label="b"
+    )
+    assert_valid(message["blocks"])
+    first = message["blocks"][0]
+    assert first["elements"][0]["text"] == ":pencil2: Changing the answer of <@U0ABC>"
+    assert first["elements"][1]["text"] == "was: b"
+    assert len(choices(message)) == 3
+    model = blocks.change_prompt(modelled(("a", "b")), answered_by=None)
+    assert "Overriding the model's answer" in all_text(model)
+
+
+# --- answered prompt --------------------------------------------------------------------------
+
+
+def test_answered_prompt_shows_label_person_time_and_guess() -> None:
+    """A person's answer: label, mention, Slack date, the model's guess, one Change button."""
+    data = modelled(("billing", "bug", "feature"))  # the model guessed "feature"
+    message = blocks.answered_prompt(data, label="bug", user_id="U123", answered_at=WHEN)
+    assert_valid(message["blocks"])
+    fields = message["blocks"][2]["fields"]
+    assert fields[0] == {"type": "plain_text", "text": "Label: bug", "emoji": False}
+    stamp = int(WHEN.timestamp())
+    assert fields[1]["text"] == (
+        f"by <@U123> · <!date^{stamp}^{{date_short_pretty}} {{time}}|2025-03-04 13:37 UTC>"
+    )
+    assert "Model v3 guessed feature at 62 %: the answer differs." in all_text(message)
+    elements = list(elements_of(message["blocks"]))
+    assert [e["action_id"] for e in elements] == [ids.ACTION_CHANGE]
+    assert ids.decode_item(elements[0]["value"]) == 42
+    assert choices(message) == []
+    assert message["text"] == "tickets: bug, answered by <@U123>"
+
+
+def test_answered_prompt_says_when_the_model_agreed() -> None:
+    """Same label as the guess: "agreed"."""
+    data = modelled(("billing", "bug", "feature"))
+    message = blocks.answered_prompt(data, label="feature", user_id="U1", answered_at=WHEN)
+    assert "Model v3 guessed feature at 62 %: agreed." in all_text(message)
+
+
+def test_answered_prompt_without_a_model() -> None:
+    """No guess: the message says there was no model yet."""
+    message = blocks.answered_prompt(prompt(("a", "b")), label="a", user_id="U1", answered_at=WHEN)
+    assert "no model yet" in all_text(message)
+
+
+def test_answered_by_model_offers_override() -> None:
+    """Resolved by the model: "resolved by model v8 at 93 %" and an Override button."""
+    data = prompt(("a", "b"), ranked=("b", "a"), guess="b", confidence=0.93, version=8)
+    message = blocks.answered_prompt(data, label="b", user_id="", answered_at=WHEN, by_model=True)
+    assert_valid(message["blocks"])
+    assert "resolved by model v8 at 93 % · <!date^" in all_text(message)
+    elements = list(elements_of(message["blocks"]))
+    assert [e["action_id"] for e in elements] == [ids.ACTION_OVERRIDE]
+    assert ids.decode_item(elements[0]["value"]) == 42
+
+
+def test_naive_and_offset_times_mean_the_same_instant() -> None:
+    """A naive datetime is UTC (as SQLite returns it); an offset one is converted."""
+    data = prompt(("a", "b"))
+    naive = blocks.answered_prompt(
+        data, label="a", user_id="U1", answered_at=WHEN.replace(tzinfo=None)
+    )
+    shifted = blocks.answered_prompt(
+        data, label="a", user_id="U1", answered_at=WHEN.astimezone(timezone(timedelta(hours=5)))
+    )
+    assert naive["blocks"][2] == shifted["blocks"][2]
+    assert f"<!date^{int(WHEN.timestamp())}^" in naive["blocks"][2]["fields"][1]["text"]
+
+
+def test_odd_user_ids_are_not_turned_into_mentions() -> None:
+    """Only Slack-shaped user ids become <@…>; anything else is escaped text."""
+    message = blocks.answered_prompt(
+        prompt(("a", "b")), label="a", user_id="<!channel>", answered_at=WHEN
+    )
+    assert "by &lt;!channel&gt;" in all_text(message)
+
+
+# --- commands and App Home --------------------------------------------------------------------
+
+
+def stats(**changes: Any) -> blocks.StatsView:
+    values: dict[str, Any] = {
+        "task_name": "tickets",
+        "threshold": 0.8,
+        "items_today": 12,
+        "items_7d": 1530,
+        "auto_share_7d": 0.645,
+        "review_queue": 7,
+        "answers_today": 3,
+        "answers_7d": 41,
+        "median_answer_seconds": 250.0,
+        "top_reviewers": (("U1", 20), ("U2", 9)),
+        "model_version": 8,
+        "model_metrics": {"accuracy": 0.912, "macro_f1": 0.873, "ece": 0.021, "holdout_size": 300},
+        "last_report_summary": "v8 promoted: macro-F1 0.85 → 0.87 <!channel>",
+    }
+    values.update(changes)
+    return blocks.StatsView(**values)
+
+
+def field_texts(message_blocks: list[dict[str, Any]]) -> list[str]:
+    return [f["text"] for b in message_blocks for f in b.get("fields", [])]
+
+
+def test_stats_blocks_show_the_figures() -> None:
+    """Traffic, answers and model quality appear as short fields."""
+    message = blocks.stats_blocks(stats())
+    assert_valid(message["blocks"])
+    fields = field_texts(message["blocks"])
+    for expected in (
+        "*Threshold*\n0.8",
+        "*Waiting for review*\n7",
+        "*Items*\n12 today\n1,530 in 7 days",
+        "*Automatic (7 days)*\n64 %",
+        "*Answers*\n3 today\n41 in 7 days",
+        "*Median answer time*\n4 min",
+        "*Model*\nv8",
+        "*Accuracy*\n91 %",
+        "*Macro-F1*\n0.87",
+        "*Calibration error*\n0.021",
+        "*Measured on*\n300 items",
+    ):
+        assert expected in fields
+    text = all_text(message)
+    assert "<@U1> 20, <@U2> 9" in text
+    assert "&lt;!channel&gt;" in text and "<!channel>" not in text
+
+
+def test_stats_blocks_without_model_or_traffic() -> None:
+    """No model and no data: "none yet" and "n/a" instead of numbers."""
+    message = blocks.stats_blocks(
+        stats(
+            auto_share_7d=None,
+            median_answer_seconds=None,
+            model_version=None,
+            model_metrics={},
+            top_reviewers=(),
+            last_report_summary=None,
+        )
+    )
+    assert_valid(message["blocks"])
+    fields = field_texts(message["blocks"])
+    assert "*Automatic (7 days)*\nn/a" in fields
+    assert "*Model*\nnone yet: every item goes to review" in fields
+    assert "Top reviewers" not in all_text(message)
+
+
+def test_home_view_fits_100_blocks_and_says_what_is_left() -> None:
+    """Eighty tasks: a valid home view of at most 100 blocks that names how many are missing."""
+    view = blocks.home_view([stats(task_name=f"task{n}") for n in range(80)])
+    assert view["type"] == "home"
+    assert_valid(view["blocks"], max_blocks=VIEW_BLOCKS)
+    shown = sum(
+        "*task" in t["text"] for t in text_objects(view["blocks"]) if "threshold" in t["text"]
+    )
+    assert f"…and {80 - shown} more tasks" in all_text(view)
+
+
+def test_home_view_of_a_few_tasks_shows_them_all() -> None:
+    """Two tasks: both appear with their fields; no task: a hint to create one."""
+    view = blocks.home_view([stats(), stats(task_name="reviews", model_version=None)])
+    assert_valid(view["blocks"], max_blocks=VIEW_BLOCKS)
+    text = all_text(view)
+    assert "*tickets* · threshold 0.8" in text and "*reviews* · threshold 0.8" in text
+    assert "more tasks" not in text
+    empty = blocks.home_view([])
+    assert "No tasks yet" in all_text(empty)
+
+
+def test_tasks_blocks_list_each_task() -> None:
+    """Name, channel link, label count, threshold, model and queue of each task."""
+    message = blocks.tasks_blocks(
+        [
+            blocks.TaskSummary("tickets", 77, "C0123ABCD", 0.8, 8, 12),
+            blocks.TaskSummary("reviews", 3, None, 0.95, None, 0),
+        ]
+    )
+    assert_valid(message["blocks"])
+    text = all_text(message)
+    assert "*tickets* · <#C0123ABCD>\n77 labels · threshold 0.8 · model v8 · 12 waiting" in text
+    assert "*reviews* · no channel\n3 labels · threshold 0.95 · no model · 0 waiting" in text
+
+
+def test_tasks_blocks_stay_within_50_blocks() -> None:
+    """Thousands of tasks: at most 50 blocks, and the reply says how many were left out."""
+    many = [blocks.TaskSummary(f"task{n:05d}", 3, "C0123ABCD", 0.8, 1, 0) for n in range(5000)]
+    message = blocks.tasks_blocks(many)
+    assert_valid(message["blocks"])
+    match = re.search(r"…and ([\d,]+) more tasks", all_text(message))
+    assert match is not None
+    listed = all_text(message).count("labels · threshold")
+    assert listed + int(match.group(1).replace(",", "")) == 5000
+    assert blocks.tasks_blocks([])["blocks"][0]["text"]["text"].startswith("No tasks yet")
+
+
+def test_help_lists_every_subcommand() -> None:
+    """`/hitl help` names each command word with its usage."""
+    message = blocks.help_blocks()
+    assert_valid(message["blocks"])
+    text = all_text(message)
+    for word in ids.COMMAND_WORDS:
+        assert f"`{ids.SLASH_COMMAND} {word}" in text
+    assert "`/hitl threshold [task] [value]`" in text
+
+
+def test_threshold_announcement() -> None:
+    """Who changed which threshold from what to what, and what it means for the channel."""
+    up = blocks.threshold_changed_blocks("tickets", 0.8, new=0.9, user_id="U42")
+    assert_valid(up["blocks"])
+    assert up["blocks"][0]["text"]["text"] == (
+        ":level_slider: <@U42> changed the threshold of *tickets* from *0.8* to *0.9*."
+    )
+    assert "More items will come here" in all_text(up)
+    down = blocks.threshold_changed_blocks("tickets", 0.9, new=0.7, user_id="U42")
+    assert "Fewer items will come here" in all_text(down)
+    assert up["text"] == "Threshold of tickets: 0.8 → 0.9"
+
+
+def test_ephemeral_text_is_one_section() -> None:
+    """A reply is one mrkdwn section with the same fallback text, cut to 3000."""
+    message = blocks.ephemeral_text("Threshold of *tickets* is 0.8.")
+    assert message == {
+        "text": "Threshold of *tickets* is 0.8.",
+        "blocks": [
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": "Threshold of *tickets* is 0.8."},
+            }
+        ],
+    }
+    assert_valid(blocks.ephemeral_text("x" * 5000)["blocks"])
