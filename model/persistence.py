@@ -48,8 +48,34 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _plain_vocabularies(root: Any) -> None:
+    """Turn NumPy integer values of fitted vocabularies into Python ints, in place.
+
+    Vectorizers that prune their vocabulary keep NumPy scalars as indices; skops writes each
+    one as a separate array file, which makes saving and loading quadratic in vocabulary size.
+    """
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        vocabulary = getattr(node, "vocabulary_", None)
+        if isinstance(vocabulary, dict):
+            node.vocabulary_ = {term: int(index) for term, index in vocabulary.items()}
+        for name in ("steps", "transformer_list"):
+            stack.extend(part for _, part in getattr(node, name, []) or [])
+        for name in ("estimator", "calibrated_classifiers_"):
+            child = getattr(node, name, None)
+            if isinstance(child, list):
+                stack.extend(child)
+            elif child is not None:
+                stack.append(child)
+
+
 def dumps(classifier: TextClassifier, *, extra: Mapping[str, Any] | None = None) -> Artifact:
     """Serialize `classifier`; the metadata carries labels, featurizer, versions and hash."""
+    _plain_vocabularies(classifier.pipeline)
     data = sio.dumps(classifier.pipeline, compression=zipfile.ZIP_DEFLATED, compresslevel=1)
     metadata: dict[str, Any] = {
         "format": FORMAT,
