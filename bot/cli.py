@@ -303,6 +303,55 @@ def export_command(
         typer.echo(f"exported {count} items to {file}", err=True)
 
 
+@app.command("demo")
+def demo_command(
+    items: Annotated[int, typer.Option(min=20, max=750, help="Items to stream in.")] = 600,
+    seed_per_label: Annotated[
+        int, typer.Option(min=3, max=40, help="Labelled examples per label to start from.")
+    ] = 5,
+    noise: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of deliberately wrong answers.")
+    ] = 0.05,
+    rate: Annotated[
+        float,
+        typer.Option(min=1.0, max=100.0, help="Messages per second the stand-in allows."),
+    ] = 20.0,
+) -> None:
+    """Run the whole loop with a Slack stand-in and simulated reviewers; no Slack account needed."""
+    from bot.demo import run_demo
+
+    typer.echo(
+        "hitl demo: BANKING77 subset (CC BY 4.0, Casanueva et al. 2020), a Slack stand-in on "
+        f"127.0.0.1 at {rate:g} msg/s (real Slack: about 1 per channel), 3 simulated reviewers",
+        err=True,
+    )
+    with typer.progressbar(length=items, label="items resolved", file=sys.stderr) as bar:
+        seen = [0]
+
+        def progress(done: int, total: int) -> None:
+            bar.update(max(0, done - seen[0]))
+            seen[0] = max(seen[0], done)
+
+        summary = run_demo(
+            items=items, seed_per_label=seed_per_label, noise=noise, rate=rate, progress=progress
+        )
+        bar.update(items - seen[0])
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1%}"
+
+    auto_accuracy = summary.auto_correct / summary.auto if summary.auto else None
+    typer.echo(
+        f"\nitems: {summary.items}; routed automatically: {summary.auto} "
+        f"({summary.auto / summary.items:.0%}), accuracy of automatic labels "
+        f"{pct(auto_accuracy)}\n"
+        f"answers from reviewers: {summary.answers} ({summary.wrong_answers} deliberately wrong)\n"
+        f"model before: v{summary.version_before} (accuracy {pct(summary.accuracy_before)}); "
+        f"after: v{summary.version_after} (accuracy {pct(summary.accuracy_after)})\n"
+        f"took {summary.seconds:.0f} s\n\n--- retrain report ---\n{summary.report}"
+    )
+
+
 @app.command("serve")
 def serve_command(
     socket: Annotated[

@@ -8,7 +8,11 @@ class Settings(BaseSettings):
     """Every knob of hitl-bot; environment variables are prefixed with `HITL_` unless noted."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HITL_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="HITL_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
     )
 
     database_url: str = "sqlite:///hitl.db"

@@ -502,7 +502,7 @@ def _run(
         # Without a holdout the old model can only be judged by the figures it was stored with.
         old_eval = {k: float(v) for k, v in old_metrics.items() if isinstance(v, int | float)}
         old_f1 = {}
-        compared_on = "stored metrics" if old_classifier is not None else "none"
+        compared_on = "cross-validated" if old_classifier is not None else "none"
 
     recent_new = candidate.classifier.predict(traffic).confidence if traffic else np.zeros(0)
     recent_old = (
@@ -519,7 +519,7 @@ def _run(
         promote, reason = (
             True,
             (
-                f"holdout macro-F1 {new_metrics['macro_f1']:.3f} vs {old_macro:.3f}"
+                f"{compared_on} macro-F1 {new_metrics['macro_f1']:.3f} vs {old_macro:.3f}"
                 f" (tolerance {tolerance:g})"
             ),
         )
@@ -527,7 +527,7 @@ def _run(
         promote, reason = (
             False,
             (
-                f"holdout macro-F1 would fall from {old_macro:.3f} to "
+                f"{compared_on} macro-F1 would fall from {old_macro:.3f} to "
                 f"{new_metrics['macro_f1']:.3f}, more than the tolerance {tolerance:g}"
             ),
         )

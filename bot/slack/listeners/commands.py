@@ -74,9 +74,9 @@ def register(app: App, deps: SlackDeps) -> None:
         _reply(respond, blocks.stats_blocks(view))
 
     def threshold_(args: list[str], command: dict[str, Any], respond: Respond) -> None:
-        name, value = _task_and_value(args)
         user = command["user_id"]
         with services.sessions.begin() as session:
+            name, value = _task_and_value(session, args)
             task = _pick_task(session, name)
             if value is None:
                 _reply(
@@ -134,14 +134,13 @@ def register(app: App, deps: SlackDeps) -> None:
             _error(respond, str(exc))
 
 
-def _task_and_value(args: list[str]) -> tuple[str | None, str | None]:
-    """`[task] [value]`: a lone argument is a value when it looks like one."""
+def _task_and_value(session: Session, args: list[str]) -> tuple[str | None, str | None]:
+    """`[task] [value]`: a lone word is the task when one has that name, else the value."""
     if len(args) >= 2:
         return args[0], args[1]
     if len(args) == 1:
-        word = args[0]
-        looks_numeric = word.rstrip("%").replace(".", "", 1).lstrip("-").isdigit()
-        return (None, word) if looks_numeric else (word, None)
+        known = {task.name for task in task_ops.list_tasks(session)}
+        return (args[0], None) if args[0] in known else (None, args[0])
     return None, None
 
 

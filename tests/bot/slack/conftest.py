@@ -1,0 +1,118 @@
+"""A running bot against the Slack stand-in, for end-to-end tests over real HTTP."""
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bot import tasks as task_ops
+from bot.answers import import_examples
+from bot.ingest import IncomingItem
+from bot.runtime import Runtime, build_runtime, free_port
+from bot.services import build_services
+from bot.settings import Settings
+from bot.slack.simulator import SlackUser
+from bot.slack.standin import SlackStandIn
+from bot.training import retrain_task
+from tests.conftest import TINY
+
+CHANNEL = "C0REVIEW1"
+ADMIN = "U0ADMIN01"
+
+
+@dataclass
+class Bot:
+    """A running bot, its stand-in Slack, and helpers to act as Slack users."""
+
+    runtime: Runtime
+    slack: SlackStandIn
+    secret: str
+    api: httpx.Client
+
+    def user(self, user_id: str, **kwargs: Any) -> SlackUser:
+        """A simulated person who clicks and types commands."""
+        return SlackUser(
+            f"{self.runtime.url}/slack/events",
+            self.secret,
+            user_id=user_id,
+            user_name=user_id.lower(),
+            standin=self.slack,
+            **kwargs,
+        )
+
+    def submit(self, *texts: str, task: str = "reviews") -> list[dict[str, Any]]:
+        """Submit items through the HTTP API."""
+        body = {"items": [{"text": t} for t in texts]}
+        response = self.api.post(f"/api/tasks/{task}/items", json=body)
+        response.raise_for_status()
+        return list(response.json()["items"])
+
+    def prompts(self, count: int, *, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Wait until `count` messages are in the review channel."""
+        return wait_for(lambda: self.slack.messages(CHANNEL), count, timeout=timeout)
+
+
+def wait_for(fetch: Callable[[], list[Any]], count: int, *, timeout: float = 15.0) -> list[Any]:
+    """Poll until `fetch()` returns at least `count` things; fail with what it saw."""
+    deadline = time.monotonic() + timeout
+    found = fetch()
+    while len(found) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+        found = fetch()
+    assert len(found) >= count, f"waited {timeout}s for {count}, got {len(found)}: {found!r}"
+    return found
+
+
+def start_bot(tmp_path: Path, *, rate: float, trained: bool = True) -> Iterator[Bot]:
+    """Stand-in, database, task, model and bot; stopped afterwards."""
+    secret = secrets.token_hex(16)
+    with SlackStandIn(bot_token="xoxb-test", rate_limit_per_channel=rate) as slack:
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            database_url=f"sqlite:///{tmp_path / 'bot.db'}",
+            slack_bot_token="xoxb-test",
+            slack_signing_secret=secret,
+            slack_api_url=slack.api_url,
+            api_token="api-secret",
+            admins=ADMIN,
+        )
+        services = build_services(settings)
+        with services.sessions.begin() as session:
+            task = task_ops.create_task(
+                session, "reviews", ["positive", "negative"], channel=CHANNEL, threshold=0.99
+            )
+            if trained:
+                import_examples(
+                    session, task, [IncomingItem(t, label=lab) for t, lab in TINY], max_chars=1000
+                )
+        if trained:
+            retrain_task(
+                services.sessions, "reviews", registry=services.registry, settings=settings
+            )
+        runtime = build_runtime(
+            settings,
+            services=services,
+            host="127.0.0.1",
+            port=free_port(),
+            poster_interval=1.0 / rate,
+        )
+        runtime.start(schedule=False)
+        with httpx.Client(
+            base_url=runtime.url, timeout=10, headers={"Authorization": "Bearer api-secret"}
+        ) as api:
+            try:
+                yield Bot(runtime=runtime, slack=slack, secret=secret, api=api)
+            finally:
+                runtime.stop()
+                services.engine.dispose()
+
+
+@pytest.fixture
+def bot(tmp_path: Path) -> Iterator[Bot]:
+    """A trained bot with a fast stand-in (50 messages a second per channel)."""
+    yield from start_bot(tmp_path, rate=50.0)

@@ -1,0 +1,231 @@
+"""End to end over real HTTP: prompts, clicks, answers, signatures, slash commands, App Home."""
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bot.slack import ids
+from bot.storage.schema import Answer, AuditLog, Item, Task
+from tests.bot.slack.conftest import ADMIN, CHANNEL, Bot, wait_for
+
+
+def texts_of(message: dict[str, Any]) -> str:
+    """Every text in a message's blocks, joined (for 'the message shows X' checks)."""
+    return json.dumps(message.get("blocks"), ensure_ascii=False)
+
+
+def buttons(message: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found = {}
+    for block in message["blocks"]:
+        for element in block.get("elements") or []:
+            if element.get("type") == "button":
+                found[element["text"]["text"]] = element
+    return found
+
+
+def answers(bot: Bot) -> list[Answer]:
+    with bot.runtime.services.sessions.begin() as session:
+        query = select(Answer).where(Answer.user_id != "import").order_by(Answer.id)
+        return list(session.scalars(query))
+
+
+def label_button(message: dict[str, Any], label: str) -> dict[str, Any]:
+    return next(b for text, b in buttons(message).items() if text.startswith(label))
+
+
+def test_prompt_is_posted_with_label_buttons_and_skip(bot: Bot) -> None:
+    (routed,) = bot.submit("the staff were lovely")
+    assert routed["route"] == "review"
+    (message,) = bot.prompts(1)
+    shown = buttons(message)
+    assert {"positive", "negative"} <= {text.split(" ")[0] for text in shown}
+    assert any(b["action_id"] == ids.ACTION_SKIP for b in shown.values())
+    assert "the staff were lovely" in texts_of(message)
+    assert message["text"]  # notification fallback
+
+
+def test_click_stores_answer_and_updates_message(bot: Bot) -> None:
+    (routed,) = bot.submit("rude and cold")
+    (message,) = bot.prompts(1)
+    button = label_button(message, "negative")
+    result = bot.user("U0ANNA001").click_button(
+        message, button["action_id"], value=button["value"], channel_id=CHANNEL
+    )
+    assert result.status == 200
+    stored = wait_for(lambda: answers(bot), 1)
+    assert [(a.user_id, a.label, a.item_id) for a in stored] == [
+        ("U0ANNA001", "negative", routed["item_id"])
+    ]
+
+    def updated() -> list[dict[str, Any]]:
+        current = bot.slack.message(CHANNEL, message["ts"])
+        return [current] if current and "U0ANNA001" in texts_of(current) else []
+
+    (after,) = wait_for(updated, 1)
+    assert "negative" in texts_of(after)
+    assert any(b["action_id"] == ids.ACTION_CHANGE for b in buttons(after).values())
+    assert not any(
+        b["action_id"].startswith(ids.ACTION_LABEL + ":") for b in buttons(after).values()
+    )
+    status = bot.api.get(f"/api/tasks/reviews/items/%23{routed['item_id']}").json()["item"]
+    assert (status["final_label"], status["label_source"]) == ("negative", "person")
+
+
+def test_same_click_delivered_twice_stores_one_answer(bot: Bot) -> None:
+    bot.submit("not sure about this one")
+    (message,) = bot.prompts(1)
+    button = label_button(message, "positive")
+    person = bot.user("U0BEN0001")
+    for _ in range(2):
+        person.click_button(message, button["action_id"], value=button["value"], channel_id=CHANNEL)
+    time.sleep(0.5)
+    assert [(a.user_id, a.label, a.is_current) for a in answers(bot)] == [
+        ("U0BEN0001", "positive", True)
+    ]
+
+
+def test_two_people_clicking_at_once_resolve_once_and_the_other_is_told(bot: Bot) -> None:
+    bot.submit("hmm")
+    (message,) = bot.prompts(1)
+    first, second = label_button(message, "positive"), label_button(message, "negative")
+    people = [(bot.user("U0CARA001"), first), (bot.user("U0DAN0001"), second)]
+    threads = [
+        threading.Thread(
+            target=p.click_button,
+            args=(message, b["action_id"]),
+            kwargs={"value": b["value"], "channel_id": CHANNEL},
+        )
+        for p, b in people
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stored = wait_for(lambda: answers(bot), 1)
+    time.sleep(0.5)
+    stored = answers(bot)
+    assert len(stored) == 1
+    winner = stored[0].user_id
+    loser = "U0DAN0001" if winner == "U0CARA001" else "U0CARA001"
+    told = wait_for(lambda: bot.slack.ephemerals(channel=CHANNEL, user=loser), 1)
+    assert "Already labelled" in json.dumps(told[-1]) and winner in json.dumps(told[-1])
+
+
+@pytest.mark.parametrize("forgery", ["bad_signature", "stale"])
+def test_forged_or_stale_requests_get_401_and_store_nothing(bot: Bot, forgery: str) -> None:
+    bot.submit("whatever")
+    (message,) = bot.prompts(1)
+    button = label_button(message, "positive")
+    person = bot.user("U0EVE0001")
+    kwargs: dict[str, Any] = {"value": button["value"], "channel_id": CHANNEL}
+    if forgery == "stale":
+        kwargs["timestamp"] = int(time.time()) - 6 * 60
+    else:
+        kwargs["forge_signature"] = True
+    result = person.click_button(message, button["action_id"], **kwargs)
+    assert result.status == 401
+    time.sleep(0.3)
+    assert answers(bot) == []
+
+
+def test_item_text_with_mentions_and_markup_shows_literally(bot: Bot) -> None:
+    bot.submit("<!channel> *bold* & <@U123> _x_")
+    (message,) = bot.prompts(1)
+    text_objects = [
+        block["text"]
+        for block in message["blocks"]
+        if block.get("type") == "section"
+        and "text" in block
+        and "<!channel>" in block["text"]["text"]
+    ]
+    assert text_objects and text_objects[0]["type"] == "plain_text"
+    assert "*bold*" in text_objects[0]["text"]
+
+
+def test_skip_leaves_the_item_open(bot: Bot) -> None:
+    bot.submit("skip me")
+    (message,) = bot.prompts(1)
+    skip = next(b for b in buttons(message).values() if b["action_id"] == ids.ACTION_SKIP)
+    bot.user("U0FAY0001").click_button(
+        message, ids.ACTION_SKIP, value=skip["value"], channel_id=CHANNEL
+    )
+    stored = wait_for(lambda: answers(bot), 1)
+    assert [(a.kind, a.label) for a in stored] == [("skip", None)]
+    with bot.runtime.services.sessions.begin() as session:
+        item = session.scalars(select(Item).where(Item.source == "api")).one()
+        assert item.final_source is None
+
+
+def test_api_requires_the_bearer_token_and_checks_the_body(bot: Bot) -> None:
+    url = "/api/tasks/reviews/items"
+    assert (
+        bot.api.post(url, json={"items": []}, headers={"Authorization": "Bearer no"}).status_code
+        == 401
+    )
+    bad = bot.api.post(url, json={"items": [{"text": ""}]})
+    assert bad.status_code == 400 and bad.json()["error"] == "item 1: empty text"
+    assert bot.api.post(url, content=b"{not json").status_code == 400
+    assert bot.api.post("/api/tasks/nope/items", json={"items": [{"text": "x"}]}).status_code == 404
+    assert bot.api.get("/healthz").json() == {"ok": True, "database": "ok"}
+
+
+def command(bot: Bot, user: str, text: str) -> str:
+    """Type `/hitl <text>` as `user`; returns everything the bot answered to the response_url."""
+    result = bot.user(user).slash_command(text, channel_id=CHANNEL)
+    assert result.status == 200
+    replies = wait_for(lambda: bot.slack.response_url_posts(result.response_url), 1)
+    return json.dumps(replies, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("text", ["help", "", "frobnicate"])
+def test_help_for_help_empty_and_unknown(bot: Bot, text: str) -> None:
+    reply = command(bot, "U0GUS0001", text)
+    for word in ("stats", "threshold", "retrain", "tasks"):
+        assert word in reply
+
+
+def test_tasks_and_stats_commands(bot: Bot) -> None:
+    bot.submit("a thing")
+    assert "reviews" in command(bot, "U0GUS0001", "tasks")
+    reply = command(bot, "U0GUS0001", "stats")
+    assert "reviews" in reply and "0.99" in reply
+
+
+def test_threshold_admin_sets_others_refused_bad_values_change_nothing(bot: Bot) -> None:
+    assert "0.99" in command(bot, "U0GUS0001", "threshold")
+    assert "only admins" in command(bot, "U0GUS0001", "threshold 0.5")
+    assert "not a number" in command(bot, ADMIN, "threshold abc")
+    assert "out of range" in command(bot, ADMIN, "threshold 1.5")
+    assert "0.99 → 0.7" in command(bot, ADMIN, "threshold reviews 0.7")
+    with bot.runtime.services.sessions.begin() as session:
+        task = session.scalars(select(Task)).one()
+        audit = session.scalars(select(AuditLog).where(AuditLog.field == "threshold")).all()
+    assert task.threshold == pytest.approx(0.7)
+    assert [(a.actor, a.new_value) for a in audit] == [(ADMIN, "0.7")]
+    announced = wait_for(
+        lambda: [m for m in bot.slack.messages(CHANNEL) if "0.7" in json.dumps(m)], 1
+    )
+    assert ADMIN in json.dumps(announced[0])
+
+
+def test_retrain_command_posts_the_report_and_chart(bot: Bot) -> None:
+    assert "only admins" in command(bot, "U0GUS0001", "retrain")
+    assert "Retraining" in command(bot, ADMIN, "retrain")
+    reports = wait_for(
+        lambda: [m for m in bot.slack.messages(CHANNEL) if "Retrain" in json.dumps(m)],
+        1,
+        timeout=60,
+    )
+    assert "promoted" in json.dumps(reports[0]) or "kept" in json.dumps(reports[0])
+    files = wait_for(lambda: bot.slack.files(channel=CHANNEL), 1, timeout=30)
+    assert files[0]["title"].startswith("reviews")
+
+
+def test_app_home_shows_every_task(bot: Bot) -> None:
+    bot.user("U0HAL0001").app_home_opened()
+    views = wait_for(lambda: [v for v in [bot.slack.views("U0HAL0001")] if v], 1)
+    assert views[0]["type"] == "home" and "reviews" in json.dumps(views[0])
