@@ -16,7 +16,7 @@ from bot.scheduler import NightlyRetrain
 from bot.server import build_http_app
 from bot.services import Services, build_services
 from bot.settings import Settings
-from bot.slack.app import build_bolt_app
+from bot.slack.app import build_bolt_app, listener_pool
 from bot.slack.context import SlackDeps, make_web_client
 from bot.slack.messages import message_for
 from bot.slack.poster import Poster
@@ -42,6 +42,7 @@ class Runtime:
     host: str
     port: int
     socket_mode: bool = False
+    listeners: ThreadPoolExecutor | None = None
     nightly: NightlyRetrain | None = None
     server: uvicorn.Server | None = None
     threads: list[threading.Thread] = field(default_factory=list)
@@ -100,6 +101,8 @@ class Runtime:
             self.server.should_exit = True
         for thread in self.threads:
             thread.join(10)
+        if self.listeners is not None:
+            self.listeners.shutdown(wait=True)  # clicks already acked finish their work
         self.poster.stop()
         if self.nightly is not None:
             self.nightly.stop()
@@ -148,8 +151,14 @@ def build_runtime(
         background=ThreadPoolExecutor(max_workers=2, thread_name_prefix="hitl-job"),
     )
     secret = settings.slack_signing_secret
-    bolt = build_bolt_app(deps, signing_secret=secret.get_secret_value() if secret else "")
-    poster = Poster(services.sessions, client, message_for, min_interval=poster_interval)
+    listeners = listener_pool()
+    bolt = build_bolt_app(
+        deps, signing_secret=secret.get_secret_value() if secret else "", listeners=listeners
+    )
+    poster_client = make_web_client(
+        settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, retries=False
+    )
+    poster = Poster(services.sessions, poster_client, message_for, min_interval=poster_interval)
     return Runtime(
         services=services,
         deps=deps,
@@ -158,4 +167,5 @@ def build_runtime(
         host=host or settings.host,
         port=settings.port if port is None else port,
         socket_mode=socket_mode,
+        listeners=listeners,
     )

@@ -16,16 +16,21 @@ logger = logging.getLogger(__name__)
 LISTENER_THREADS = 64
 
 
-def build_bolt_app(deps: SlackDeps, *, signing_secret: str) -> App:
+def listener_pool() -> ThreadPoolExecutor:
+    """The thread pool Bolt runs listeners in."""
+    return ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="hitl-listener")
+
+
+def build_bolt_app(
+    deps: SlackDeps, *, signing_secret: str, listeners: ThreadPoolExecutor | None = None
+) -> App:
     """A Bolt app wired to `deps`; requests are verified with `signing_secret`."""
     app = App(
         client=deps.client,
         signing_secret=signing_secret,
         token_verification_enabled=False,  # `hitl serve` calls auth.test itself, with a clear error
         process_before_response=False,
-        listener_executor=ThreadPoolExecutor(
-            max_workers=LISTENER_THREADS, thread_name_prefix="hitl-listener"
-        ),
+        listener_executor=listeners or listener_pool(),
     )
 
     @app.error

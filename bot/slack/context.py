@@ -22,15 +22,21 @@ class SlackDeps:
     background: Executor
 
 
-def make_web_client(token: str, *, base_url: str, timeout: int = 10) -> WebClient:
-    """A Web API client that retries rate limits, 5xx answers and dropped connections."""
-    return WebClient(
-        token=token,
-        base_url=base_url,
-        timeout=timeout,
-        retry_handlers=[
+def make_web_client(
+    token: str, *, base_url: str, timeout: int = 10, retries: bool = True
+) -> WebClient:
+    """A Web API client that retries rate limits, 5xx answers and dropped connections.
+
+    `retries=False` is for the poster, which schedules its own retries per channel: a client
+    that slept through one channel's Retry-After would hold up every other channel.
+    """
+    handlers = (
+        [
             ConnectionErrorRetryHandler(max_retry_count=3),
             RateLimitErrorRetryHandler(max_retry_count=3),
             ServerErrorRetryHandler(max_retry_count=3),
-        ],
+        ]
+        if retries
+        else []
     )
+    return WebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=handlers)
