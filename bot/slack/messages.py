@@ -38,7 +38,7 @@ def message_for(view: ItemView) -> dict[str, Any]:
     return blocks.review_prompt(data)
 
 
-def stats_view(stats: TaskStats) -> blocks.StatsView:
+def stats_view(stats: TaskStats, *, last_report: str | None = None) -> blocks.StatsView:
     """The builder's input for a task's stats."""
     metrics = {
         key: float(value)
@@ -59,5 +59,5 @@ def stats_view(stats: TaskStats) -> blocks.StatsView:
         top_reviewers=tuple(stats.top_reviewers),
         model_version=stats.model_version,
         model_metrics=metrics,
-        last_report_summary=None,
+        last_report_summary=last_report,
     )

@@ -15,7 +15,7 @@ from bot.slack.context import SlackDeps
 from bot.slack.messages import stats_view
 from bot.stats import task_stats
 from bot.storage.schema import Task
-from bot.training import retrain_task
+from bot.training import latest_run, retrain_task
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def register(app: App, deps: SlackDeps) -> None:
     def stats_(args: list[str], _: dict[str, Any], respond: Respond) -> None:
         with services.sessions.begin() as session:
             task = _pick_task(session, args[0] if args else None)
-            view = stats_view(task_stats(session, task))
+            run = latest_run(session, task)
+            headline = str(run.report.get("headline")) if run and run.report else None
+            view = stats_view(task_stats(session, task), last_report=headline)
         _reply(respond, blocks.stats_blocks(view))
 
     def threshold_(args: list[str], command: dict[str, Any], respond: Respond) -> None:
