@@ -57,6 +57,17 @@ def _refresh(deps: SlackDeps, body: dict[str, Any], item_id: int) -> None:
     deps.client.chat_update(channel=channel, ts=ts, **message)
 
 
+def _permitted_item(deps: SlackDeps, body: dict[str, Any], action: dict[str, Any]) -> int | None:
+    """The item a Skip/Change/Override click is about, if the person may act on it."""
+    if not _allowed(deps, body):
+        return None
+    try:
+        return ids.decode_item(str(action.get("value", "")))
+    except ValueError:
+        logger.warning("ignored a click with an undecodable value")
+        return None
+
+
 def _choose(deps: SlackDeps, body: dict[str, Any], value: str) -> None:
     try:
         item_id, label_index = ids.decode_choice(value)
@@ -97,11 +108,8 @@ def register(app: App, deps: SlackDeps) -> None:
     @app.action(ids.ACTION_SKIP)
     def skip(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
         ack()
-        if not _allowed(deps, body):
-            return
-        try:
-            item_id = ids.decode_item(str(action.get("value", "")))
-        except ValueError:
+        item_id = _permitted_item(deps, body, action)
+        if item_id is None:
             return
         with deps.services.sessions.begin() as session:
             outcome = skip_click(session, item_id, body["user"]["id"])
@@ -114,11 +122,8 @@ def register(app: App, deps: SlackDeps) -> None:
     @app.action(ids.ACTION_OVERRIDE)
     def reopen(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
         ack()
-        if not _allowed(deps, body):
-            return
-        try:
-            item_id = ids.decode_item(str(action.get("value", "")))
-        except ValueError:
+        item_id = _permitted_item(deps, body, action)
+        if item_id is None:
             return
         user = body["user"]["id"]
         with deps.services.sessions.begin() as session:

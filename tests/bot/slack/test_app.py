@@ -229,3 +229,32 @@ def test_app_home_shows_every_task(bot: Bot) -> None:
     bot.user("U0HAL0001").app_home_opened()
     views = wait_for(lambda: [v for v in [bot.slack.views("U0HAL0001")] if v], 1)
     assert views[0]["type"] == "home" and "reviews" in json.dumps(views[0])
+
+
+def test_change_reopens_for_the_answerer_only_and_keeps_history(bot: Bot) -> None:
+    bot.submit("so-so")
+    (message,) = bot.prompts(1)
+    anna = bot.user("U0ANNA001")
+    button = label_button(message, "positive")
+    anna.click_button(message, button["action_id"], value=button["value"], channel_id=CHANNEL)
+
+    def current(predicate: Any) -> list[dict[str, Any]]:
+        found = bot.slack.message(CHANNEL, message["ts"])
+        return [found] if predicate(found) else []
+
+    has_change = lambda m: any(b["action_id"] == ids.ACTION_CHANGE for b in buttons(m).values())  # noqa: E731
+    (answered,) = wait_for(lambda: current(has_change), 1)
+    change = next(b for b in buttons(answered).values() if b["action_id"] == ids.ACTION_CHANGE)
+    bot.user("U0BEN0001").click_button(
+        answered, ids.ACTION_CHANGE, value=change["value"], channel_id=CHANNEL
+    )
+    wait_for(lambda: bot.slack.ephemerals(channel=CHANNEL, user="U0BEN0001"), 1)
+    anna.click_button(answered, ids.ACTION_CHANGE, value=change["value"], channel_id=CHANNEL)
+    (reopened,) = wait_for(lambda: current(lambda m: not has_change(m)), 1)
+    other = label_button(reopened, "negative")
+    anna.click_button(reopened, other["action_id"], value=other["value"], channel_id=CHANNEL)
+    wait_for(lambda: [a for a in answers(bot) if a.label == "negative"], 1)
+    assert [(a.label, a.is_current) for a in answers(bot)] == [
+        ("positive", False),
+        ("negative", True),
+    ]
