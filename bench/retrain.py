@@ -19,7 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77.csv"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dataset lookup lives in tests/
+from tests.conftest import find_banking77
+
+DATASET = find_banking77()
 
 
 def one(size: int) -> dict[str, float]:

@@ -23,7 +23,10 @@ from bot.routing import submit
 from bot.storage.db import make_engine, make_sessionmaker, upgrade
 from model import train
 
-DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77.csv"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dataset lookup lives in tests/
+from tests.conftest import find_banking77
+
+DATASET = find_banking77()
 
 
 def main() -> int:

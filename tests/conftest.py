@@ -14,7 +14,24 @@ from bot.services import Services, build_services
 from bot.settings import Settings
 from bot.storage.db import make_engine, upgrade
 
-BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77.csv"
+
+def find_banking77() -> Path:
+    """banking77.csv from $HITL_DATASETS_DIR, the shared folder beside the checkout, or /work."""
+    candidates = [
+        Path(os.environ.get("HITL_DATASETS_DIR", "/nonexistent")) / "banking77.csv",
+        Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77.csv",
+        Path("/work/shared/datasets/banking77.csv"),
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    searched = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"banking77.csv not found (set HITL_DATASETS_DIR); looked in {searched}"
+    )
+
+
+BANKING77 = find_banking77()
 POSTGRES_URL = os.environ.get(
     "HITL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
