@@ -441,3 +441,7 @@ def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
 def run() -> None:
     """Console-script entry: exit with `main`'s code."""
     raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    run()
