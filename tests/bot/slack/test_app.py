@@ -258,3 +258,43 @@ def test_change_reopens_for_the_answerer_only_and_keeps_history(bot: Bot) -> Non
         ("positive", False),
         ("negative", True),
     ]
+
+
+def test_retrain_resolves_waiting_prompts_and_updates_their_messages(tmp_path: Any) -> None:
+    """After a first model is promoted, prompts it is now sure about say so, with Override."""
+    from contextlib import contextmanager
+
+    from bot import tasks as task_ops
+    from bot.answers import import_examples
+    from bot.ingest import IncomingItem
+    from tests.bot.slack.conftest import start_bot
+    from tests.conftest import TINY
+
+    with contextmanager(start_bot)(tmp_path, rate=50.0, trained=False) as cold:
+        with cold.runtime.services.sessions.begin() as session:
+            task = task_ops.get_task(session, "reviews")
+            task.threshold = 0.5
+        cold.submit("wonderful lovely kind staff", "the worst rude dirty awful meal")
+        prompts = cold.prompts(2)
+        with cold.runtime.services.sessions.begin() as session:
+            import_examples(
+                session,
+                task_ops.get_task(session, "reviews"),
+                [IncomingItem(t, label=lab) for t, lab in TINY],
+                max_chars=1000,
+            )
+        assert "Retraining" in command(cold, ADMIN, "retrain")
+
+        def overridable() -> list[dict[str, Any]]:
+            current = [cold.slack.message(CHANNEL, p["ts"]) for p in prompts]
+            return [
+                m
+                for m in current
+                if any(b["action_id"] == ids.ACTION_OVERRIDE for b in buttons(m).values())
+            ]
+
+        updated = wait_for(overridable, 1, timeout=60)
+        assert "model v1" in texts_of(updated[0])
+        with cold.runtime.services.sessions.begin() as session:
+            resolved = session.scalars(select(Item).where(Item.final_source == "model")).all()
+        assert len(resolved) == len(updated)

@@ -1,0 +1,31 @@
+"""Alembic migrations: up to head, down to nothing and up again, keeping data on the way up."""
+
+from pathlib import Path
+
+from alembic import command
+from sqlalchemy import inspect, text
+
+from bot.storage.db import alembic_config, current_revision, make_engine, upgrade
+
+
+def test_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    upgrade(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO task (name, labels, threshold, featurizer, created_at, updated_at) "
+                "VALUES ('t', '[\"a\", \"b\"]', 0.8, 'tfidf', '2026-01-01', '2026-01-01')"
+            )
+        )
+    upgrade(engine)
+    assert current_revision(engine) == "0002"
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT name FROM task")).scalar_one() == "t"
+    assert "retrain_run" in inspect(engine).get_table_names()
+    command.downgrade(alembic_config(engine), "base")
+    assert current_revision(engine) is None
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    upgrade(engine)
+    assert current_revision(engine) == "0002"
+    engine.dispose()
