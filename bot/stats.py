@@ -2,7 +2,7 @@
 
 import statistics
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, select
@@ -125,9 +125,7 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
 
 
 def _aware(value: datetime) -> datetime:
-    # func.min() bypasses the column type on SQLite, so the value can come back naive.
-    from datetime import UTC
-
+    # Aggregates can lose the column's type on some backends; treat a naive value as UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
