@@ -7,13 +7,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.answers import current_answers, decide_final, get_item, record_answer
+from bot.routing import latest_prediction
 from bot.storage.schema import (
     KIND_LABEL,
     KIND_SKIP,
     SOURCE_PERSON,
     Item,
-    ModelVersion,
-    Prediction,
     ReviewPrompt,
     utcnow,
 )
@@ -61,19 +60,12 @@ def item_view(session: Session, item_id: int) -> ItemView:
     """Load an item with its latest prediction, deciding answer and Slack message."""
     item = get_item(session, item_id)
     task = item.task
-    prediction = session.scalar(
-        select(Prediction).where(Prediction.item_id == item.id).order_by(Prediction.id.desc())
-    )
-    version = None
+    prediction, version = latest_prediction(session, item.id)
     ranked: tuple[str, ...] = ()
     if prediction is not None and prediction.probabilities:
         probabilities = prediction.probabilities
         order = sorted(range(len(probabilities)), key=lambda j: -probabilities[j])
         ranked = tuple(task.labels[j] for j in order if j < len(task.labels))
-    if prediction is not None and prediction.model_version_id is not None:
-        version = session.scalar(
-            select(ModelVersion.version).where(ModelVersion.id == prediction.model_version_id)
-        )
     decided = decide_final(current_answers(session, item.id))
     prompt = session.scalar(select(ReviewPrompt).where(ReviewPrompt.item_id == item.id))
     return ItemView(

@@ -70,15 +70,20 @@ def find_by_external_ids(session: Session, task: Task, ids: Sequence[str]) -> di
     return found
 
 
+def latest_prediction(session: Session, item_id: int) -> tuple[Prediction | None, int | None]:
+    """An item's most recent prediction and the version of the model that made it."""
+    row = session.execute(
+        select(Prediction, ModelVersion.version)
+        .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .where(Prediction.item_id == item_id)
+        .order_by(Prediction.id.desc())
+        .limit(1)
+    ).first()
+    return (row[0], row[1]) if row is not None else (None, None)
+
+
 def _replay(session: Session, item: Item) -> Routed:
-    prediction = session.scalar(
-        select(Prediction).where(Prediction.item_id == item.id).order_by(Prediction.id.desc())
-    )
-    version = None
-    if prediction is not None and prediction.model_version_id is not None:
-        version = session.scalar(
-            select(ModelVersion.version).where(ModelVersion.id == prediction.model_version_id)
-        )
+    prediction, version = latest_prediction(session, item.id)
     return Routed(
         item_id=item.id,
         external_id=item.external_id,

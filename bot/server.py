@@ -17,9 +17,9 @@ from starlette.routing import Route
 
 from bot.errors import BadInputError, ConflictError, HitlError, NotFoundError
 from bot.ingest import IncomingItem
-from bot.routing import submit
+from bot.routing import latest_prediction, submit
 from bot.services import Services
-from bot.storage.schema import Item, ModelVersion, Prediction
+from bot.storage.schema import Item
 from bot.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -173,13 +173,7 @@ def item_status(services: Services, task_name: str, key: str) -> dict[str, Any]:
         item = session.scalar(query)
         if item is None:
             raise NotFoundError(f"task {task_name!r} has no item with id {key!r}")
-        prediction = session.execute(
-            select(Prediction.label, Prediction.confidence, ModelVersion.version)
-            .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
-            .where(Prediction.item_id == item.id)
-            .order_by(Prediction.id.desc())
-            .limit(1)
-        ).first()
+        prediction, version = latest_prediction(session, item.id)
         if item.final_source is not None:
             status = "resolved"
         elif item.route == "review":
@@ -196,5 +190,5 @@ def item_status(services: Services, task_name: str, key: str) -> dict[str, Any]:
             "resolved_at": item.resolved_at.isoformat() if item.resolved_at else None,
             "predicted_label": prediction.label if prediction else None,
             "confidence": prediction.confidence if prediction else None,
-            "model_version": prediction.version if prediction else None,
+            "model_version": version,
         }
