@@ -5,24 +5,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot import outbox
 from bot.errors import BadInputError, NotFoundError
 from bot.ingest import IncomingItem, check_batch, describe_labels
-from bot.routing import find_by_external_ids
+from bot.queries import find_by_external_ids
+from bot.states import IMPORT_USER, AnswerKind, AnswerSource, LabelSource
 from bot.storage.bulk import insert_returning_ids, insert_rows
-from bot.storage.schema import (
-    IMPORT_USER,
-    KIND_LABEL,
-    KIND_SKIP,
-    SOURCE_PERSON,
-    Answer,
-    Item,
-    ReviewPrompt,
-    Task,
-    utcnow,
-)
+from bot.storage.schema import Answer, Item, Task, utcnow
 
 
 @dataclass(frozen=True)
@@ -51,7 +43,7 @@ def current_answers(session: Session, item_id: int) -> list[Answer]:
 
 def decide_final(answers: Sequence[Answer]) -> Answer | None:
     """The answer that decides an item's label: the majority, ties going to the latest."""
-    labelled = [a for a in answers if a.kind == KIND_LABEL and a.label is not None]
+    labelled = [a for a in answers if a.kind == AnswerKind.LABEL and a.label is not None]
     if not labelled:
         return None
     counts = Counter(a.label for a in labelled)
@@ -63,13 +55,13 @@ def refresh_final(session: Session, item: Item, *, now: datetime) -> None:
     """Recompute an item's final label from its current human answers."""
     decided = decide_final(current_answers(session, item.id))
     if decided is None:
-        if item.final_source == SOURCE_PERSON:
+        if item.final_source == LabelSource.PERSON:
             item.final_label, item.final_source, item.resolved_at = None, None, None
         return
-    if item.final_source != SOURCE_PERSON or item.resolved_at is None:
+    if item.final_source != LabelSource.PERSON or item.resolved_at is None:
         item.resolved_at = now
     item.final_label = decided.label
-    item.final_source = SOURCE_PERSON
+    item.final_source = LabelSource.PERSON
 
 
 def record_answer(
@@ -78,7 +70,8 @@ def record_answer(
     user_id: str,
     *,
     label: str | None,
-    kind: str = KIND_LABEL,
+    kind: str = AnswerKind.LABEL,
+    source: AnswerSource = AnswerSource.SLACK,
     now: datetime | None = None,
 ) -> AnswerOutcome:
     """Store `user_id`'s answer; an earlier answer of theirs is kept as history.
@@ -87,12 +80,12 @@ def record_answer(
     """
     now = now or utcnow()
     task = item.task
-    if kind == KIND_LABEL:
+    if kind == AnswerKind.LABEL:
         if label is None or label not in task.labels:
             raise BadInputError(
                 f"unknown label {label!r}; known labels: {describe_labels(task.labels)}"
             )
-    elif kind == KIND_SKIP:
+    elif kind == AnswerKind.SKIP:
         label = None
     else:
         raise BadInputError(f"unknown answer kind {kind!r}")
@@ -107,16 +100,14 @@ def record_answer(
         previous.is_current = False
         previous.superseded_at = now
         session.flush()  # the partial unique index must see the old row retired first
-    answer = Answer(item_id=item.id, user_id=user_id, kind=kind, label=label, created_at=now)
+    answer = Answer(
+        item_id=item.id, user_id=user_id, kind=kind, label=label, source=source, created_at=now
+    )
     session.add(answer)
     session.flush()
     refresh_final(session, item, now=now)
-    if item.final_source == SOURCE_PERSON:
-        session.execute(
-            update(ReviewPrompt)
-            .where(ReviewPrompt.item_id == item.id, ReviewPrompt.status == "pending")
-            .values(status="answered", updated_at=now)
-        )
+    if item.final_source == LabelSource.PERSON:
+        outbox.mark_answered(session, item.id, now=now)
     return AnswerOutcome(answer.id, changed=True, final_label=item.final_label)
 
 
@@ -150,7 +141,9 @@ def import_examples(
         item = existing.get(row.external_id) if row.external_id is not None else None
         if item is None:
             continue
-        outcome = record_answer(session, item, IMPORT_USER, label=row.label, now=now)
+        outcome = record_answer(
+            session, item, IMPORT_USER, label=row.label, source=AnswerSource.IMPORT, now=now
+        )
         written += outcome.changed
         unchanged += not outcome.changed
     if fresh:
@@ -166,7 +159,7 @@ def import_examples(
                     "submitted_at": now,
                     "route": None,
                     "final_label": row.label,
-                    "final_source": SOURCE_PERSON,
+                    "final_source": LabelSource.PERSON,
                     "resolved_at": now,
                 }
                 for row in fresh
@@ -179,7 +172,8 @@ def import_examples(
                 {
                     "item_id": item_id,
                     "user_id": IMPORT_USER,
-                    "kind": KIND_LABEL,
+                    "kind": AnswerKind.LABEL,
+                    "source": AnswerSource.IMPORT,
                     "label": row.label,
                     "created_at": now,
                     "is_current": True,

@@ -8,13 +8,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from bot.states import ModelStatus
 from bot.storage.schema import ModelVersion, Task
 from model import TextClassifier, dumps, loads
-
-ACTIVE = "active"
-CANDIDATE = "candidate"
-REJECTED = "rejected"
-RETIRED = "retired"
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,7 @@ class ModelRegistry:
         """The task's active model, loaded (or None at cold start)."""
         row = session.execute(
             select(ModelVersion.id, ModelVersion.version).where(
-                ModelVersion.task_id == task.id, ModelVersion.status == ACTIVE
+                ModelVersion.task_id == task.id, ModelVersion.status == ModelStatus.ACTIVE
             )
         ).first()
         if row is None:
@@ -84,7 +80,7 @@ def store_model(
 ) -> ModelVersion:
     """Save a trained classifier as the task's next version; `active` retires the old one."""
     artifact = dumps(classifier, extra={"train_size": train_size, "metrics": metrics})
-    if status == ACTIVE:
+    if status == ModelStatus.ACTIVE:
         retire_active(session, task)
     row = ModelVersion(
         task_id=task.id,
@@ -106,15 +102,17 @@ def retire_active(session: Session, task: Task) -> None:
     """Mark the task's active model version retired."""
     session.execute(
         update(ModelVersion)
-        .where(ModelVersion.task_id == task.id, ModelVersion.status == ACTIVE)
-        .values(status=RETIRED)
+        .where(ModelVersion.task_id == task.id, ModelVersion.status == ModelStatus.ACTIVE)
+        .values(status=ModelStatus.RETIRED)
     )
 
 
 def active_version(session: Session, task: Task) -> ModelVersion | None:
     """The task's active model version row (artifact not loaded)."""
     return session.scalar(
-        select(ModelVersion).where(ModelVersion.task_id == task.id, ModelVersion.status == ACTIVE)
+        select(ModelVersion).where(
+            ModelVersion.task_id == task.id, ModelVersion.status == ModelStatus.ACTIVE
+        )
     )
 
 

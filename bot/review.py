@@ -7,15 +7,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.answers import current_answers, decide_final, get_item, record_answer
-from bot.routing import latest_prediction
-from bot.storage.schema import (
-    KIND_LABEL,
-    KIND_SKIP,
-    SOURCE_PERSON,
-    Item,
-    ReviewPrompt,
-    utcnow,
-)
+from bot.queries import latest_prediction
+from bot.states import AnswerKind, LabelSource
+from bot.storage.schema import Item, ReviewPrompt, utcnow
 
 STORED = "stored"
 UNCHANGED = "unchanged"
@@ -80,8 +74,12 @@ def item_view(session: Session, item_id: int) -> ItemView:
         model_version=version,
         final_label=item.final_label,
         final_source=item.final_source,
-        answered_by=decided.user_id if decided and item.final_source == SOURCE_PERSON else None,
-        answered_at=decided.created_at if decided and item.final_source == SOURCE_PERSON else None,
+        answered_by=decided.user_id
+        if decided and item.final_source == LabelSource.PERSON
+        else None,
+        answered_at=decided.created_at
+        if decided and item.final_source == LabelSource.PERSON
+        else None,
         resolved_at=item.resolved_at,
         channel=prompt.channel if prompt else task.channel,
         message_ts=prompt.message_ts if prompt else None,
@@ -104,11 +102,15 @@ def answer_click(
     now = now or utcnow()
     item = _lock_item(session, item_id)
     decided = decide_final(current_answers(session, item.id))
-    if item.final_source == SOURCE_PERSON and decided is not None and decided.user_id != user_id:
+    if (
+        item.final_source == LabelSource.PERSON
+        and decided is not None
+        and decided.user_id != user_id
+    ):
         return ClickOutcome(
             ALREADY_LABELLED, item.id, decided.label, decided.user_id, decided.created_at
         )
-    outcome = record_answer(session, item, user_id, label=label, kind=KIND_LABEL, now=now)
+    outcome = record_answer(session, item, user_id, label=label, kind=AnswerKind.LABEL, now=now)
     status = STORED if outcome.changed else UNCHANGED
     at = now if outcome.changed else (decided.created_at if decided else now)
     return ClickOutcome(status, item.id, label, user_id, at)
@@ -119,13 +121,13 @@ def skip_click(
 ) -> ClickOutcome:
     """Record that a person skipped an item; it stays open for others."""
     item = _lock_item(session, item_id)
-    if item.final_source == SOURCE_PERSON:
+    if item.final_source == LabelSource.PERSON:
         decided = decide_final(current_answers(session, item.id))
         if decided is not None:
             return ClickOutcome(
                 ALREADY_LABELLED, item.id, decided.label, decided.user_id, decided.created_at
             )
-    record_answer(session, item, user_id, label=None, kind=KIND_SKIP, now=now)
+    record_answer(session, item, user_id, label=None, kind=AnswerKind.SKIP, now=now)
     return ClickOutcome(SKIPPED, item.id)
 
 
@@ -133,7 +135,11 @@ def may_change(session: Session, item_id: int, user_id: str) -> ClickOutcome | N
     """None when `user_id` may reopen the item's answer, else who holds it."""
     item = get_item(session, item_id)
     decided = decide_final(current_answers(session, item.id))
-    if item.final_source == SOURCE_PERSON and decided is not None and decided.user_id != user_id:
+    if (
+        item.final_source == LabelSource.PERSON
+        and decided is not None
+        and decided.user_id != user_id
+    ):
         return ClickOutcome(
             ALREADY_LABELLED, item.id, decided.label, decided.user_id, decided.created_at
         )

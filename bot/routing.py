@@ -5,26 +5,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot import outbox
 from bot.errors import ConflictError
 from bot.ingest import IncomingItem, check_batch
+from bot.queries import find_by_external_ids, latest_prediction
 from bot.registry import ModelRegistry
+from bot.states import LabelSource, Route
 from bot.storage.bulk import insert_returning_ids, insert_rows
-from bot.storage.schema import (
-    ROUTE_AUTO,
-    ROUTE_REVIEW,
-    SOURCE_MODEL,
-    Item,
-    ModelVersion,
-    Prediction,
-    ReviewPrompt,
-    Task,
-    utcnow,
-)
+from bot.storage.schema import Item, Prediction, Task, utcnow
 
-_LOOKUP_CHUNK = 500
 _PROBABILITY_DECIMALS = 5
 
 
@@ -55,31 +46,7 @@ class Routed:
 
 def route_for(confidence: float, threshold: float) -> str:
     """`auto` when confidence reaches the threshold, else `review`."""
-    return ROUTE_AUTO if confidence >= threshold else ROUTE_REVIEW
-
-
-def find_by_external_ids(session: Session, task: Task, ids: Sequence[str]) -> dict[str, Item]:
-    """The task's items with these external ids, keyed by external id."""
-    found: dict[str, Item] = {}
-    for start in range(0, len(ids), _LOOKUP_CHUNK):
-        chunk = ids[start : start + _LOOKUP_CHUNK]
-        query = select(Item).where(Item.task_id == task.id, Item.external_id.in_(chunk))
-        found.update(
-            {item.external_id: item for item in session.scalars(query) if item.external_id}
-        )
-    return found
-
-
-def latest_prediction(session: Session, item_id: int) -> tuple[Prediction | None, int | None]:
-    """An item's most recent prediction and the version of the model that made it."""
-    row = session.execute(
-        select(Prediction, ModelVersion.version)
-        .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
-        .where(Prediction.item_id == item_id)
-        .order_by(Prediction.id.desc())
-        .limit(1)
-    ).first()
-    return (row[0], row[1]) if row is not None else (None, None)
+    return Route.AUTO if confidence >= threshold else Route.REVIEW
 
 
 def _replay(session: Session, item: Item) -> Routed:
@@ -89,7 +56,7 @@ def _replay(session: Session, item: Item) -> Routed:
         external_id=item.external_id,
         label=prediction.label if prediction else item.final_label,
         confidence=prediction.confidence if prediction else 0.0,
-        route=item.route or ROUTE_REVIEW,
+        route=item.route or Route.REVIEW,
         model_version=version,
         duplicate=True,
     )
@@ -137,7 +104,7 @@ def submit(
         labels = [None] * n
         confidences = np.zeros(n)
         probabilities = [None] * n
-    routes = [route_for(float(c), task.threshold) if loaded else ROUTE_REVIEW for c in confidences]
+    routes = [route_for(float(c), task.threshold) if loaded else Route.REVIEW for c in confidences]
     model_id = loaded.id if loaded else None
     version = loaded.version if loaded else None
 
@@ -154,9 +121,9 @@ def submit(
                     "source": source,
                     "submitted_at": now,
                     "route": route,
-                    "final_label": label if route == ROUTE_AUTO else None,
-                    "final_source": SOURCE_MODEL if route == ROUTE_AUTO else None,
-                    "resolved_at": now if route == ROUTE_AUTO else None,
+                    "final_label": label if route == Route.AUTO else None,
+                    "final_source": LabelSource.MODEL if route == Route.AUTO else None,
+                    "resolved_at": now if route == Route.AUTO else None,
                 }
                 for item, route, label in zip(fresh, routes, labels, strict=True)
             ],
@@ -179,21 +146,12 @@ def submit(
                 )
             ],
         )
-        review_rows = [
-            {
-                "item_id": item_id,
-                "channel": task.channel,
-                "next_attempt_at": now,
-                "created_at": now,
-                "updated_at": now,
-                "status": "pending",
-                "attempts": 0,
-            }
-            for item_id, route in zip(item_ids, routes, strict=True)
-            if route == ROUTE_REVIEW
-        ]
-        if review_rows:
-            insert_rows(session, ReviewPrompt, review_rows)
+        outbox.enqueue(
+            session,
+            [i for i, route in zip(item_ids, routes, strict=True) if route == Route.REVIEW],
+            channel=task.channel,
+            now=now,
+        )
 
     made = iter(zip(item_ids, labels, confidences, routes, strict=True))
     results: list[Routed] = []

@@ -8,7 +8,7 @@ from typing import Any
 
 from slack_bolt import App
 from slack_bolt.adapter.starlette.handler import to_bolt_request, to_starlette_response
-from sqlalchemy import select, text
+from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -17,9 +17,9 @@ from starlette.routing import Route
 
 from bot.errors import BadInputError, ConflictError, HitlError, NotFoundError
 from bot.ingest import IncomingItem
-from bot.routing import latest_prediction, submit
+from bot.queries import item_details
+from bot.routing import submit
 from bot.services import Services
-from bot.storage.schema import Item
 from bot.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -162,33 +162,6 @@ def build_http_app(
 
 
 def item_status(services: Services, task_name: str, key: str) -> dict[str, Any]:
-    """An item's route, final label and its source, by external id (or `#123` internal id)."""
+    """An item's route, final label, who decided it and its answer history (see README)."""
     with services.sessions.begin() as session:
-        task = get_task(session, task_name)
-        query = select(Item).where(Item.task_id == task.id)
-        if key.startswith("#") and key[1:].isdigit():
-            query = query.where(Item.id == int(key[1:]))
-        else:
-            query = query.where(Item.external_id == key)
-        item = session.scalar(query)
-        if item is None:
-            raise NotFoundError(f"task {task_name!r} has no item with id {key!r}")
-        prediction, version = latest_prediction(session, item.id)
-        if item.final_source is not None:
-            status = "resolved"
-        elif item.route == "review":
-            status = "waiting_for_review"
-        else:
-            status = "unrouted"
-        return {
-            "item_id": item.id,
-            "id": item.external_id,
-            "status": status,
-            "route": item.route,
-            "final_label": item.final_label,
-            "label_source": item.final_source,
-            "resolved_at": item.resolved_at.isoformat() if item.resolved_at else None,
-            "predicted_label": prediction.label if prediction else None,
-            "confidence": prediction.confidence if prediction else None,
-            "model_version": version,
-        }
+        return item_details(session, get_task(session, task_name), key)

@@ -9,17 +9,8 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from bot.registry import active_version
-from bot.storage.schema import (
-    IMPORT_USER,
-    KIND_LABEL,
-    ROUTE_AUTO,
-    ROUTE_REVIEW,
-    SOURCE_PERSON,
-    Answer,
-    Item,
-    Task,
-    utcnow,
-)
+from bot.states import IMPORT_USER, AnswerKind, LabelSource, Route
+from bot.storage.schema import Answer, Item, Task, utcnow
 
 
 @dataclass(frozen=True)
@@ -67,8 +58,8 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
             select(Item.route, func.count()).where(submitted).group_by(Item.route)
         ).all()
     )
-    auto, review = int(routes.get(ROUTE_AUTO, 0)), int(routes.get(ROUTE_REVIEW, 0))
-    queue = _count(session, mine, Item.route == ROUTE_REVIEW, Item.final_source.is_(None))
+    auto, review = int(routes.get(Route.AUTO, 0)), int(routes.get(Route.REVIEW, 0))
+    queue = _count(session, mine, Item.route == Route.REVIEW, Item.final_source.is_(None))
     week_routes = dict(
         session.execute(
             select(Item.route, func.count())
@@ -77,7 +68,9 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
         ).all()
     )
     items_7d = int(sum(week_routes.values()))
-    people = and_(Answer.kind == KIND_LABEL, Answer.user_id != IMPORT_USER, Item.task_id == task.id)
+    people = and_(
+        Answer.kind == AnswerKind.LABEL, Answer.user_id != IMPORT_USER, Item.task_id == task.id
+    )
     answers_base = select(func.count()).select_from(Answer).join(Item, Item.id == Answer.item_id)
     answers_total = int(session.scalar(answers_base.where(people)) or 0)
     answers_today = int(session.scalar(answers_base.where(people, Answer.created_at >= day)) or 0)
@@ -85,7 +78,7 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
     waits = session.execute(
         select(Item.submitted_at, func.min(Answer.created_at))
         .join(Answer, Answer.item_id == Item.id)
-        .where(people, Item.route == ROUTE_REVIEW, Answer.created_at >= week)
+        .where(people, Item.route == Route.REVIEW, Answer.created_at >= week)
         .group_by(Item.id, Item.submitted_at)
     ).all()
     seconds = [
@@ -113,7 +106,7 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
         answers=answers_total,
         items_today=_count(session, submitted, Item.submitted_at >= day),
         items_7d=items_7d,
-        auto_share_7d=(week_routes.get(ROUTE_AUTO, 0) / items_7d) if items_7d else None,
+        auto_share_7d=(week_routes.get(Route.AUTO, 0) / items_7d) if items_7d else None,
         answers_today=answers_today,
         answers_7d=answers_7d,
         median_answer_seconds=statistics.median(seconds) if seconds else None,
@@ -131,4 +124,4 @@ def _aware(value: datetime) -> datetime:
 
 def labelled_by_person(session: Session, task: Task) -> int:
     """How many items have a final label given by a person (imports included)."""
-    return _count(session, Item.task_id == task.id, Item.final_source == SOURCE_PERSON)
+    return _count(session, Item.task_id == task.id, Item.final_source == LabelSource.PERSON)

@@ -22,25 +22,13 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot import outbox
 from bot.errors import HitlError
-from bot.registry import ACTIVE, REJECTED, ModelRegistry, active_version, store_model
+from bot.registry import ModelRegistry, active_version, store_model
 from bot.settings import Settings
+from bot.states import IMPORT_USER, AnswerKind, LabelSource, ModelStatus, Route, RunStatus
 from bot.storage.bulk import insert_rows
-from bot.storage.schema import (
-    IMPORT_USER,
-    KIND_LABEL,
-    ROUTE_AUTO,
-    ROUTE_REVIEW,
-    SOURCE_MODEL,
-    SOURCE_PERSON,
-    Answer,
-    Item,
-    Prediction,
-    RetrainRun,
-    ReviewPrompt,
-    Task,
-    utcnow,
-)
+from bot.storage.schema import Answer, Item, Prediction, RetrainRun, Task, utcnow
 from bot.tasks import get_task
 from model import TextClassifier, TrainingError, train
 from model.classifier import cross_val_probabilities, minimum_count_missing
@@ -55,13 +43,13 @@ _HASH_BUCKETS = 10_000
 _HISTOGRAM_EDGES = np.linspace(0.0, 1.0, 21)
 
 PROMOTED, KEPT, SKIPPED, COLD, FAILED, RUNNING, CLAIMED = (
-    "promoted",
-    "kept",
-    "skipped",
-    "cold",
-    "failed",
-    "running",
-    "claimed_elsewhere",
+    RunStatus.PROMOTED,
+    RunStatus.KEPT,
+    RunStatus.SKIPPED,
+    RunStatus.COLD,
+    RunStatus.FAILED,
+    RunStatus.RUNNING,
+    RunStatus.CLAIMED,
 )
 
 
@@ -124,7 +112,7 @@ def load_labelled(session: Session, task: Task) -> LabelledData:
     """Every item of `task` whose final label was given by a person."""
     rows = session.execute(
         select(Item.id, Item.text, Item.final_label)
-        .where(Item.task_id == task.id, Item.final_source == SOURCE_PERSON)
+        .where(Item.task_id == task.id, Item.final_source == LabelSource.PERSON)
         .order_by(Item.id)
     ).all()
     known = set(task.labels)
@@ -275,7 +263,7 @@ def _finish(
 
 def new_answers_since(session: Session, task: Task, since: datetime | None) -> tuple[int, int]:
     """Labels given by people (and imports) since `since`: how many, and by how many people."""
-    conditions = [Item.task_id == task.id, Answer.kind == KIND_LABEL]
+    conditions = [Item.task_id == task.id, Answer.kind == AnswerKind.LABEL]
     if since is not None:
         conditions.append(Answer.created_at > since)
     count, people = session.execute(
@@ -346,7 +334,7 @@ def _rescore_queue(
     """Resolve open review items the new model is now sure about; returns messages to update."""
     open_items = session.execute(
         select(Item.id, Item.text).where(
-            Item.task_id == task.id, Item.route == ROUTE_REVIEW, Item.final_source.is_(None)
+            Item.task_id == task.id, Item.route == Route.REVIEW, Item.final_source.is_(None)
         )
     ).all()
     if not open_items:
@@ -366,7 +354,7 @@ def _rescore_queue(
                 "label": prediction.predicted[i],
                 "confidence": float(prediction.confidence[i]),
                 "probabilities": np.round(prediction.probabilities[i], 5).tolist(),
-                "route": ROUTE_AUTO,
+                "route": Route.AUTO,
                 "created_at": now,
             }
             for i in sure
@@ -376,21 +364,14 @@ def _rescore_queue(
         session.execute(
             update(Item)
             .where(Item.id == int(open_items[i].id), Item.final_source.is_(None))
-            .values(final_label=prediction.predicted[i], final_source=SOURCE_MODEL, resolved_at=now)
+            .values(
+                final_label=prediction.predicted[i], final_source=LabelSource.MODEL, resolved_at=now
+            )
         )
-    posted = session.execute(
-        select(ReviewPrompt.item_id, ReviewPrompt.channel, ReviewPrompt.message_ts).where(
-            ReviewPrompt.item_id.in_(resolved_ids), ReviewPrompt.message_ts.is_not(None)
-        )
-    ).all()
-    session.execute(
-        update(ReviewPrompt)
-        .where(
-            ReviewPrompt.item_id.in_(resolved_ids), ReviewPrompt.status.in_(["pending", "posted"])
-        )
-        .values(status="resolved", updated_at=now)
-    )
-    updates = [MessageToUpdate(int(r[0]), str(r[1]), str(r[2])) for r in posted if r[1]]
+    updates = [
+        MessageToUpdate(m.item_id, m.channel, m.ts)
+        for m in outbox.mark_resolved(session, resolved_ids, now=now)
+    ]
     logger.info("task %s: model v%d resolved %d queued items", task.name, version, len(sure))
     return len(sure), updates
 
@@ -568,7 +549,7 @@ def _run(
             session,
             task,
             candidate.classifier,
-            status=ACTIVE if promote else REJECTED,
+            status=ModelStatus.ACTIVE if promote else ModelStatus.REJECTED,
             train_size=candidate.train_size,
             metrics=stored_metrics,
         )

@@ -4,8 +4,8 @@ from typing import Any
 
 from bot.review import ItemView
 from bot.slack import blocks
+from bot.states import LabelSource
 from bot.stats import TaskStats
-from bot.storage.schema import SOURCE_MODEL, SOURCE_PERSON
 
 
 def prompt_input(view: ItemView) -> blocks.PromptInput:
@@ -26,12 +26,12 @@ def prompt_input(view: ItemView) -> blocks.PromptInput:
 def message_for(view: ItemView) -> dict[str, Any]:
     """The message an item's prompt should show now: open, answered, or resolved by the model."""
     data = prompt_input(view)
-    if view.final_source == SOURCE_PERSON and view.final_label and view.answered_by:
+    if view.final_source == LabelSource.PERSON and view.final_label and view.answered_by:
         assert view.answered_at is not None
         return blocks.answered_prompt(
             data, label=view.final_label, user_id=view.answered_by, answered_at=view.answered_at
         )
-    if view.final_source == SOURCE_MODEL and view.final_label and view.resolved_at:
+    if view.final_source == LabelSource.MODEL and view.final_label and view.resolved_at:
         return blocks.answered_prompt(
             data, label=view.final_label, user_id="", answered_at=view.resolved_at, by_model=True
         )

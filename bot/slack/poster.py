@@ -13,25 +13,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot import outbox
 from bot.review import ItemView, item_view
-from bot.storage.schema import Item, ReviewPrompt, Task, utcnow
+from bot.storage.schema import utcnow
 
 logger = logging.getLogger(__name__)
 
-PENDING, SENDING, POSTED, FAILED = "pending", "sending", "posted", "failed"
 # Errors a person can fix (invite the bot, fix the channel): keep the prompt, retry slowly.
 _FIXABLE = {"channel_not_found", "not_in_channel", "is_archived", "channel_is_archived"}
 _FIXABLE_RETRY = 300.0
 _MAX_BACKOFF = 60.0
-_STALE_CLAIM = timedelta(minutes=2)
 
 MessageBuilder = Callable[[ItemView], dict[str, Any]]
 
@@ -104,57 +101,27 @@ class Poster:
             self._wake.wait(self._tick)
             self._wake.clear()
 
-    def _heads(self, session: Session) -> list[tuple[int, int, str, datetime]]:
-        """The oldest pending prompt of every channel."""
-        oldest = (
-            select(func.min(ReviewPrompt.id))
-            .join(Item, Item.id == ReviewPrompt.item_id)
-            .join(Task, Task.id == Item.task_id)
-            .where(ReviewPrompt.status == PENDING, Task.channel.is_not(None))
-            .group_by(Task.channel)
-        )
-        rows = session.execute(
-            select(
-                ReviewPrompt.id, ReviewPrompt.item_id, Task.channel, ReviewPrompt.next_attempt_at
-            )
-            .join(Item, Item.id == ReviewPrompt.item_id)
-            .join(Task, Task.id == Item.task_id)
-            .where(ReviewPrompt.id.in_(oldest))
-        ).all()
-        return [(row[0], row[1], str(row[2]), row[3]) for row in rows]
-
     def run_once(self) -> int:
         """Send at most one due prompt per ready channel; returns how many were posted."""
         now = utcnow()
         with self._sessions.begin() as session:
-            session.execute(
-                update(ReviewPrompt)
-                .where(ReviewPrompt.status == SENDING, ReviewPrompt.updated_at < now - _STALE_CLAIM)
-                .values(status=PENDING, updated_at=now)
-            )
+            outbox.release_stale_claims(session, now=now)
             # Only the oldest pending prompt of a channel may go: order within a channel is kept.
-            heads = self._heads(session)
+            heads = outbox.due_heads(session)
         posted = 0
-        for prompt_id, item_id, channel, due_at in heads:
-            state = self._channels.setdefault(channel, _ChannelState())
-            if due_at > now or self._clock() < state.ready_at or self._stop.is_set():
+        for head in heads:
+            state = self._channels.setdefault(head.channel, _ChannelState())
+            if head.due_at > now or self._clock() < state.ready_at or self._stop.is_set():
                 continue
-            posted += self._send(channel, prompt_id, item_id, state)
+            posted += self._send(head.channel, head.prompt_id, state)
         return posted
 
     def _claim(self, prompt_id: int) -> ItemView | None:
         with self._sessions.begin() as session:
-            claimed = session.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
-                update(ReviewPrompt)
-                .where(ReviewPrompt.id == prompt_id, ReviewPrompt.status == PENDING)
-                .values(status=SENDING, updated_at=utcnow())
-            ).rowcount
-            if claimed != 1:
-                return None
-            prompt = session.get_one(ReviewPrompt, prompt_id)
-            return item_view(session, prompt.item_id)
+            item_id = outbox.claim(session, prompt_id, now=utcnow())
+            return None if item_id is None else item_view(session, item_id)
 
-    def _send(self, channel: str, prompt_id: int, item_id: int, state: _ChannelState) -> int:
+    def _send(self, channel: str, prompt_id: int, state: _ChannelState) -> int:
         view = self._claim(prompt_id)
         if view is None:  # another poster took it, or it was answered meanwhile
             return 0
@@ -171,17 +138,12 @@ class Poster:
         state.failures = 0
         state.ready_at = started + self._min_interval
         with self._sessions.begin() as session:
-            session.execute(
-                update(ReviewPrompt)
-                .where(ReviewPrompt.id == prompt_id)
-                .values(
-                    status=POSTED,
-                    channel=str(response.get("channel") or channel),
-                    message_ts=str(response.get("ts")),
-                    attempts=ReviewPrompt.attempts + 1,
-                    last_error=None,
-                    updated_at=utcnow(),
-                )
+            outbox.mark_posted(
+                session,
+                prompt_id,
+                channel=str(response.get("channel") or channel),
+                ts=str(response.get("ts")),
+                now=utcnow(),
             )
         self.stats.posted += 1
         self.stats.post_times.append(started)
@@ -189,7 +151,7 @@ class Poster:
 
     def _failed(self, channel: str, prompt_id: int, state: _ChannelState, exc: Exception) -> int:
         now = self._clock()
-        status = PENDING
+        fatal = False
         if isinstance(exc, SlackApiError) and exc.response.status_code == 429:
             delay = float(exc.response.headers.get("Retry-After", 1) or 1)
             self.stats.rate_limited += 1
@@ -200,27 +162,20 @@ class Poster:
             if error in _FIXABLE:
                 delay, reason = _FIXABLE_RETRY, f"{error}: invite the bot or fix the task channel"
             else:
-                delay, reason, status = 0.0, f"Slack refused the message: {error}", FAILED
+                delay, reason, fatal = 0.0, f"Slack refused the message: {error}", True
         else:
             state.failures += 1
             self.stats.errors += 1
             delay = min(_MAX_BACKOFF, 2.0 ** (state.failures - 1))
             reason = f"{type(exc).__name__}: {exc}"[:500]
         state.ready_at = now + delay
-        if status == FAILED:
-            logger.error("prompt %d to %s not sendable: %s", prompt_id, channel, reason)
-        else:
-            logger.warning("prompt %d to %s delayed %.1fs: %s", prompt_id, channel, delay, reason)
         with self._sessions.begin() as session:
-            session.execute(
-                update(ReviewPrompt)
-                .where(ReviewPrompt.id == prompt_id)
-                .values(
-                    status=status,
-                    attempts=ReviewPrompt.attempts + 1,
-                    last_error=reason,
-                    next_attempt_at=utcnow() + timedelta(seconds=delay),
-                    updated_at=utcnow(),
+            if fatal:
+                logger.error("prompt %d to %s not sendable: %s", prompt_id, channel, reason)
+                outbox.mark_failed(session, prompt_id, reason=reason, now=utcnow())
+            else:
+                logger.warning(
+                    "prompt %d to %s delayed %.1fs: %s", prompt_id, channel, delay, reason
                 )
-            )
+                outbox.mark_retry(session, prompt_id, reason=reason, delay=delay, now=utcnow())
         return 0

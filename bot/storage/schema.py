@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
+from bot.states import AnswerKind, AnswerSource, PromptState
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
@@ -70,15 +72,6 @@ class Base(DeclarativeBase):
         list[str]: JSON,
         datetime: UTCDateTime(),
     }
-
-
-ROUTE_AUTO = "auto"
-ROUTE_REVIEW = "review"
-SOURCE_MODEL = "model"
-SOURCE_PERSON = "person"
-KIND_LABEL = "label"
-KIND_SKIP = "skip"
-IMPORT_USER = "import"
 
 
 class Task(Base):
@@ -185,7 +178,10 @@ class Answer(Base):
     id: Mapped[IntPK]
     item_id: Mapped[int] = mapped_column(ForeignKey("item.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[SlackUser]
-    kind: Mapped[str] = mapped_column(String(8), default=KIND_LABEL)
+    kind: Mapped[str] = mapped_column(String(8), default=AnswerKind.LABEL)
+    source: Mapped[str] = mapped_column(
+        String(16), default=AnswerSource.SLACK, server_default=AnswerSource.SLACK.value
+    )
     label: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[Timestamp]
     is_current: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -203,7 +199,7 @@ class ReviewPrompt(Base):
 
     id: Mapped[IntPK]
     item_id: Mapped[int] = mapped_column(ForeignKey("item.id", ondelete="CASCADE"), unique=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=PromptState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[Timestamp]
     channel: Mapped[str | None] = mapped_column(String(32))

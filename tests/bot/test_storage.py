@@ -8,9 +8,10 @@ from bot.answers import get_item, import_examples, record_answer
 from bot.errors import BadInputError, ConflictError
 from bot.export import export_rows
 from bot.ingest import IncomingItem
-from bot.registry import ACTIVE, RETIRED, versions
+from bot.registry import versions
 from bot.routing import submit
 from bot.services import Services
+from bot.states import ModelStatus
 from bot.stats import task_stats
 from bot.storage.db import current_revision
 from bot.storage.schema import Answer, AuditLog, Item, Prediction, ReviewPrompt
@@ -59,7 +60,7 @@ def test_migrations_create_every_table(services: Services) -> None:
         "retrain_run",
         "alembic_version",
     } <= tables
-    assert current_revision(services.engine) == "0002"
+    assert current_revision(services.engine) == "0003"
 
 
 def test_task_names_are_unique_and_creation_audited(services: Services) -> None:
@@ -138,7 +139,10 @@ def test_second_retrain_retires_the_first_model(services: Services) -> None:
     retrain(services)
     with services.sessions.begin() as session:
         found = versions(session, task_ops.get_task(session, "reviews"))
-    assert [(v.version, v.status) for v in found] == [(1, RETIRED), (2, ACTIVE)]
+    assert [(v.version, v.status) for v in found] == [
+        (1, ModelStatus.RETIRED),
+        (2, ModelStatus.ACTIVE),
+    ]
 
 
 def test_retrain_without_enough_answers_says_which_labels(services: Services) -> None:

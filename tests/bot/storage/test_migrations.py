@@ -18,14 +18,33 @@ def test_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
                 "VALUES ('t', '[\"a\", \"b\"]', 0.8, 'tfidf', '2026-01-01', '2026-01-01')"
             )
         )
+    upgrade(engine, "0002")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO item (task_id, text, source, submitted_at) "
+                "VALUES (1, 'x', 'import', '2026-01-01')"
+            )
+        )
+        for user in ("import", "U0ALICE01"):
+            connection.execute(
+                text(
+                    "INSERT INTO answer (item_id, user_id, kind, label, created_at, is_current) "
+                    f"VALUES (1, '{user}', 'label', 'a', '2026-01-01', {int(user == 'import')})"
+                )
+            )
     upgrade(engine)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     with engine.connect() as connection:
         assert connection.execute(text("SELECT name FROM task")).scalar_one() == "t"
+        sources = connection.execute(text("SELECT user_id, source FROM answer ORDER BY id")).all()
+    # Answers stored before sources existed: imports are recognised by their user, the rest
+    # came from Slack.
+    assert [tuple(row) for row in sources] == [("import", "import"), ("U0ALICE01", "slack")]
     assert "retrain_run" in inspect(engine).get_table_names()
     command.downgrade(alembic_config(engine), "base")
     assert current_revision(engine) is None
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     upgrade(engine)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     engine.dispose()
