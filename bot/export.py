@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.errors import BadInputError
-from bot.storage.schema import Answer, Item, ModelVersion, Prediction, Task
+from bot.queries import answer_history, deciding_answer
+from bot.storage.schema import Item, ModelVersion, Prediction, Task
 
 FIELDS = [
     "item_id",
@@ -21,6 +22,7 @@ FIELDS = [
     "final_label",
     "label_source",
     "answered_by",
+    "answered_at",
     "predicted_label",
     "confidence",
     "model_version",
@@ -28,8 +30,15 @@ FIELDS = [
 _BATCH = 2000
 
 
-def export_rows(session: Session, task: Task) -> Iterator[dict[str, Any]]:
-    """One row per item, in submission order, streamed in batches."""
+def export_rows(
+    session: Session, task: Task, *, with_history: bool = True
+) -> Iterator[dict[str, Any]]:
+    """One row per item, in submission order, streamed in batches.
+
+    `answered_by` / `answered_at` name the answer that decided a person-given label;
+    `answers` holds every answer of the item, oldest first (JSON Lines only: CSV has no room
+    for a list, so `write_export` leaves it out there).
+    """
     last_id = 0
     while True:
         items = list(
@@ -53,16 +62,12 @@ def export_rows(session: Session, task: Task) -> Iterator[dict[str, Any]]:
             .order_by(Prediction.id)
         ):
             latest[item_id] = (predicted, score, model_version)
-        who: dict[int, list[str]] = {}
-        for item_id, user_id in session.execute(
-            select(Answer.item_id, Answer.user_id)
-            .where(Answer.item_id.in_(ids), Answer.is_current.is_(True), Answer.label.is_not(None))
-            .order_by(Answer.id)
-        ):
-            who.setdefault(item_id, []).append(user_id)
+        history = answer_history(session, ids)
         for item in items:
             label, confidence, version = latest.get(item.id, (None, None, None))
-            yield {
+            answers = history.get(item.id, [])
+            decided = deciding_answer(item, answers)
+            row = {
                 "item_id": item.id,
                 "id": item.external_id,
                 "text": item.text,
@@ -71,11 +76,15 @@ def export_rows(session: Session, task: Task) -> Iterator[dict[str, Any]]:
                 "route": item.route,
                 "final_label": item.final_label,
                 "label_source": item.final_source or "pending",
-                "answered_by": ",".join(who.get(item.id, [])) or None,
+                "answered_by": decided.user if decided else None,
+                "answered_at": decided.at.isoformat() if decided else None,
                 "predicted_label": label,
                 "confidence": None if confidence is None else round(confidence, 6),
                 "model_version": version,
             }
+            if with_history:
+                row["answers"] = [answer.as_dict() for answer in answers]
+            yield row
         last_id = ids[-1]
 
 
@@ -95,7 +104,7 @@ def write_export(rows: Iterator[dict[str, Any]], out: IO[str], *, fmt: str) -> i
     """Write rows as CSV or JSON Lines; returns how many were written."""
     count = 0
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)

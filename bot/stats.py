@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
+from bot.queries import label_counts
 from bot.registry import active_version
-from bot.states import IMPORT_USER, AnswerKind, LabelSource, Route
+from bot.states import AnswerKind, AnswerSource, Route
 from bot.storage.schema import Answer, Item, Task, utcnow
 
 
@@ -25,8 +26,9 @@ class TaskStats:
     auto: int
     review: int
     review_queue: int
-    imported: int
-    answers: int
+    imported: int  # labels stored by `hitl import`
+    answers: int  # labels given by people in Slack
+    labels_by_source: dict[str, int]  # every stored label once: slack, import, spot_check, total
     items_today: int
     items_7d: int
     auto_share_7d: float | None
@@ -68,11 +70,15 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
         ).all()
     )
     items_7d = int(sum(week_routes.values()))
+    counts = label_counts(session, task)
+    # The same rule as `label_counts`: current label answers, given by a person in Slack.
     people = and_(
-        Answer.kind == AnswerKind.LABEL, Answer.user_id != IMPORT_USER, Item.task_id == task.id
+        Answer.kind == AnswerKind.LABEL,
+        Answer.is_current.is_(True),
+        Answer.source == AnswerSource.SLACK,
+        Item.task_id == task.id,
     )
     answers_base = select(func.count()).select_from(Answer).join(Item, Item.id == Answer.item_id)
-    answers_total = int(session.scalar(answers_base.where(people)) or 0)
     answers_today = int(session.scalar(answers_base.where(people, Answer.created_at >= day)) or 0)
     answers_7d = int(session.scalar(answers_base.where(people, Answer.created_at >= week)) or 0)
     waits = session.execute(
@@ -102,8 +108,9 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
         auto=auto,
         review=review,
         review_queue=queue,
-        imported=_count(session, mine, Item.source == "import"),
-        answers=answers_total,
+        imported=counts.imported,
+        answers=counts.slack,
+        labels_by_source=counts.as_dict(),
         items_today=_count(session, submitted, Item.submitted_at >= day),
         items_7d=items_7d,
         auto_share_7d=(week_routes.get(Route.AUTO, 0) / items_7d) if items_7d else None,
@@ -120,8 +127,3 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
 def _aware(value: datetime) -> datetime:
     # Aggregates can lose the column's type on some backends; treat a naive value as UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def labelled_by_person(session: Session, task: Task) -> int:
-    """How many items have a final label given by a person (imports included)."""
-    return _count(session, Item.task_id == task.id, Item.final_source == LabelSource.PERSON)

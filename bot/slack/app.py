@@ -7,7 +7,7 @@ from typing import Any
 from slack_bolt import App, BoltResponse
 
 from bot.slack.context import SlackDeps
-from bot.slack.listeners import actions, commands, events
+from bot.slack.listeners import register as register_listeners
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,5 @@ def build_bolt_app(
         logger.error("listener failed on a %s request", body.get("type", "unknown"), exc_info=error)
         return None
 
-    actions.register(app, deps)
-    commands.register(app, deps)
-    events.register(app, deps)
+    register_listeners(app, deps)
     return app

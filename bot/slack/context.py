@@ -1,7 +1,9 @@
 """What Slack listeners are handed: the services plus the Web API client."""
 
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import (
@@ -40,3 +42,15 @@ def make_web_client(
         else []
     )
     return WebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=handlers)
+
+
+# Where the middleware in `bot.slack.listeners.register` puts the deps in Bolt's context.
+DEPS_KEY = "hitl_deps"
+
+
+def deps_of(context: Mapping[str, Any]) -> SlackDeps:
+    """The bot's dependencies from a listener's Bolt context."""
+    deps = context[DEPS_KEY]
+    if not isinstance(deps, SlackDeps):
+        raise TypeError("the Bolt context carries no SlackDeps; register listeners with register()")
+    return deps

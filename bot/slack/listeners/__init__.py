@@ -1,1 +1,34 @@
-"""Bolt listeners, grouped by Slack surface."""
+"""Bolt listeners, grouped by Slack surface, and the one place that registers them all.
+
+Listeners are plain top-level functions, as in Slack's bolt-python sample apps, so each can be
+called in a unit test with fakes. They find the bot's services in Bolt's `context` (put there
+by one middleware) instead of closing over them.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from slack_bolt import App, BoltContext
+
+from bot.slack import ids
+from bot.slack.context import DEPS_KEY, SlackDeps
+from bot.slack.listeners import actions, commands, events
+
+
+def register(app: App, deps: SlackDeps) -> None:
+    """Attach every listener of the bot to `app`."""
+
+    @app.middleware
+    def _provide_deps(
+        context: BoltContext, next: Callable[[], Any]
+    ) -> Any:  # Bolt injects by this name
+        context[DEPS_KEY] = deps
+        return next()
+
+    app.action(ids.LABEL_ACTION_PATTERN)(actions.on_label_button)
+    app.action(ids.LABEL_MENU_PATTERN)(actions.on_label_menu)
+    app.action(ids.ACTION_SKIP)(actions.on_skip)
+    app.action(ids.ACTION_CHANGE)(actions.on_reopen)
+    app.action(ids.ACTION_OVERRIDE)(actions.on_reopen)
+    app.command(ids.SLASH_COMMAND)(commands.on_hitl_command)
+    app.event("app_home_opened")(events.on_app_home_opened)

@@ -1,9 +1,12 @@
-"""Clicks on review prompts: a label button or menu, Skip, Change and Override."""
+"""Clicks on review prompts: a label button or menu, Skip, Change and Override.
+
+Every listener acks first, then does the work; whatever goes wrong, the person is told.
+"""
 
 import logging
 from typing import Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, BoltContext
 from slack_sdk.errors import SlackApiError
 
 from bot.errors import HitlError
@@ -16,40 +19,108 @@ from bot.review import (
     skip_click,
 )
 from bot.slack import blocks, ids
-from bot.slack.context import SlackDeps
+from bot.slack.context import SlackDeps, deps_of
 from bot.slack.messages import message_for, prompt_input
+from bot.states import LabelSource
 
 logger = logging.getLogger(__name__)
 
 
-def _where(body: dict[str, Any]) -> tuple[str, str | None]:
+def on_label_button(
+    ack: Ack, body: dict[str, Any], action: dict[str, Any], context: BoltContext
+) -> None:
+    """A label button: store the person's answer (the first answer resolves the item)."""
+    ack()
+    deps = deps_of(context)
+    if allowed(deps, body):
+        choose(deps, body, str(action.get("value", "")))
+
+
+def on_label_menu(
+    ack: Ack, body: dict[str, Any], action: dict[str, Any], context: BoltContext
+) -> None:
+    """A label picked from an "Other label" menu: the same as a button."""
+    ack()
+    deps = deps_of(context)
+    selected = action.get("selected_option") or {}
+    if allowed(deps, body):
+        choose(deps, body, str(selected.get("value", "")))
+
+
+def on_skip(ack: Ack, body: dict[str, Any], action: dict[str, Any], context: BoltContext) -> None:
+    """Skip: recorded, and the item stays open for someone else."""
+    ack()
+    deps = deps_of(context)
+    item_id = permitted_item(deps, body, action)
+    if item_id is None:
+        return
+    with deps.services.sessions.begin() as session:
+        outcome = skip_click(session, item_id, body["user"]["id"])
+    if outcome.status == ALREADY_LABELLED:
+        tell(deps, body, already(outcome))
+    else:
+        tell(deps, body, "Skipped: the item stays open for someone else.")
+
+
+def on_reopen(ack: Ack, body: dict[str, Any], action: dict[str, Any], context: BoltContext) -> None:
+    """Change (your own answer) or Override (the model's): the prompt opens again to re-answer."""
+    ack()
+    deps = deps_of(context)
+    item_id = permitted_item(deps, body, action)
+    if item_id is None:
+        return
+    user = body["user"]["id"]
+    with deps.services.sessions.begin() as session:
+        held = may_change(session, item_id, user)
+        view = item_view(session, item_id)
+    if held is not None:
+        tell(deps, body, f"{already(held)} Only <@{held.by_user}> can change it.")
+        return
+    channel, ts = where(body)
+    if not ts:
+        return
+    by_person = view.final_source == LabelSource.PERSON
+    message = blocks.change_prompt(
+        prompt_input(view),
+        answered_by=view.answered_by if by_person else None,
+        previous_label=view.final_label,
+    )
+    deps.client.chat_update(channel=channel, ts=ts, **message)
+
+
+def where(body: dict[str, Any]) -> tuple[str, str | None]:
+    """The channel and message a click came from."""
     container = body.get("container") or {}
     channel = container.get("channel_id") or (body.get("channel") or {}).get("id", "")
     return str(channel), container.get("message_ts")
 
 
-def _tell(deps: SlackDeps, body: dict[str, Any], text: str) -> None:
-    channel, _ = _where(body)
+def tell(deps: SlackDeps, body: dict[str, Any], text: str) -> None:
+    """An ephemeral reply to the person who clicked."""
+    channel, _ = where(body)
     try:
         deps.client.chat_postEphemeral(channel=channel, user=body["user"]["id"], text=text)
     except SlackApiError:
         logger.exception("could not send an ephemeral reply")
 
 
-def _allowed(deps: SlackDeps, body: dict[str, Any]) -> bool:
+def allowed(deps: SlackDeps, body: dict[str, Any]) -> bool:
+    """Whether the person may answer (HITL_REVIEWERS); tells them when not."""
     reviewers = deps.services.settings.reviewer_ids
     if reviewers and body["user"]["id"] not in reviewers:
-        _tell(deps, body, "Only the task's reviewers can answer these prompts (HITL_REVIEWERS).")
+        tell(deps, body, "Only the task's reviewers can answer these prompts (HITL_REVIEWERS).")
         return False
     return True
 
 
-def _already(outcome: ClickOutcome) -> str:
+def already(outcome: ClickOutcome) -> str:
+    """Who holds the item's answer."""
     return f"Already labelled *{outcome.label}* by <@{outcome.by_user}>; nothing was changed."
 
 
-def _refresh(deps: SlackDeps, body: dict[str, Any], item_id: int) -> None:
-    channel, ts = _where(body)
+def refresh(deps: SlackDeps, body: dict[str, Any], item_id: int) -> None:
+    """Redraw the clicked message from what is stored now."""
+    channel, ts = where(body)
     if not ts:
         return
     with deps.services.sessions.begin() as session:
@@ -57,9 +128,9 @@ def _refresh(deps: SlackDeps, body: dict[str, Any], item_id: int) -> None:
     deps.client.chat_update(channel=channel, ts=ts, **message)
 
 
-def _permitted_item(deps: SlackDeps, body: dict[str, Any], action: dict[str, Any]) -> int | None:
+def permitted_item(deps: SlackDeps, body: dict[str, Any], action: dict[str, Any]) -> int | None:
     """The item a Skip/Change/Override click is about, if the person may act on it."""
-    if not _allowed(deps, body):
+    if not allowed(deps, body):
         return None
     try:
         return ids.decode_item(str(action.get("value", "")))
@@ -68,7 +139,8 @@ def _permitted_item(deps: SlackDeps, body: dict[str, Any], action: dict[str, Any
         return None
 
 
-def _choose(deps: SlackDeps, body: dict[str, Any], value: str) -> None:
+def choose(deps: SlackDeps, body: dict[str, Any], value: str) -> None:
+    """Store the label a button or menu value names, then redraw the message."""
     try:
         item_id, label_index = ids.decode_choice(value)
     except ValueError:
@@ -82,58 +154,8 @@ def _choose(deps: SlackDeps, body: dict[str, Any], value: str) -> None:
                 raise HitlError("that label no longer exists; the message is out of date")
             outcome = answer_click(session, item_id, user, label=labels[label_index])
     except HitlError as exc:
-        _tell(deps, body, f"Could not store that answer: {exc}")
+        tell(deps, body, f"Could not store that answer: {exc}")
         return
     if outcome.status == ALREADY_LABELLED:
-        _tell(deps, body, _already(outcome))
-    _refresh(deps, body, item_id)
-
-
-def register(app: App, deps: SlackDeps) -> None:
-    """Attach the review-prompt action listeners to `app`."""
-
-    @app.action(ids.LABEL_ACTION_PATTERN)
-    def label_button(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
-        ack()
-        if _allowed(deps, body):
-            _choose(deps, body, str(action.get("value", "")))
-
-    @app.action(ids.LABEL_MENU_PATTERN)
-    def label_menu(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
-        ack()
-        selected = action.get("selected_option") or {}
-        if _allowed(deps, body):
-            _choose(deps, body, str(selected.get("value", "")))
-
-    @app.action(ids.ACTION_SKIP)
-    def skip(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
-        ack()
-        item_id = _permitted_item(deps, body, action)
-        if item_id is None:
-            return
-        with deps.services.sessions.begin() as session:
-            outcome = skip_click(session, item_id, body["user"]["id"])
-        if outcome.status == ALREADY_LABELLED:
-            _tell(deps, body, _already(outcome))
-        else:
-            _tell(deps, body, "Skipped: the item stays open for someone else.")
-
-    @app.action(ids.ACTION_CHANGE)
-    @app.action(ids.ACTION_OVERRIDE)
-    def reopen(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
-        ack()
-        item_id = _permitted_item(deps, body, action)
-        if item_id is None:
-            return
-        user = body["user"]["id"]
-        with deps.services.sessions.begin() as session:
-            held = may_change(session, item_id, user)
-            view = item_view(session, item_id)
-        if held is not None:
-            _tell(deps, body, f"{_already(held)} Only <@{held.by_user}> can change it.")
-            return
-        channel, ts = _where(body)
-        if ts:
-            deps.client.chat_update(
-                channel=channel, ts=ts, **blocks.review_prompt(prompt_input(view))
-            )
+        tell(deps, body, already(outcome))
+    refresh(deps, body, item_id)

@@ -4,14 +4,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from slack_bolt import Ack, App, Respond
+from slack_bolt import Ack, BoltContext, Respond
 from slack_sdk.errors import SlackApiError
 from sqlalchemy.orm import Session
 
 from bot import tasks as task_ops
 from bot.errors import BadInputError, HitlError
 from bot.slack import blocks, ids
-from bot.slack.context import SlackDeps
+from bot.slack.context import SlackDeps, deps_of
 from bot.slack.messages import stats_view
 from bot.stats import task_stats
 from bot.storage.schema import Task
@@ -43,97 +43,122 @@ def _error(respond: Respond, message: str) -> None:
     _reply(respond, blocks.ephemeral_text(f":warning: {message}"))
 
 
-def register(app: App, deps: SlackDeps) -> None:
-    """Attach the `/hitl` command listener to `app`."""
-    services = deps.services
+def on_hitl_command(
+    ack: Ack, command: dict[str, Any], respond: Respond, context: BoltContext
+) -> None:
+    """`/hitl WORD …`: dispatch to the subcommand; an unknown or empty word shows the help."""
+    ack()
+    deps = deps_of(context)
+    words = str(command.get("text") or "").split()
+    handler = SUBCOMMANDS.get(words[0].lower() if words else "", help_command)
+    try:
+        handler(deps, words[1:], command, respond)
+    except HitlError as exc:
+        _error(respond, str(exc))
 
-    def help_(_: list[str], __: dict[str, Any], respond: Respond) -> None:
-        _reply(respond, blocks.help_blocks())
 
-    def tasks_(_: list[str], __: dict[str, Any], respond: Respond) -> None:
-        with services.sessions.begin() as session:
-            summaries = []
-            for task in task_ops.list_tasks(session):
-                stats = task_stats(session, task)
-                summaries.append(
-                    blocks.TaskSummary(
-                        name=task.name,
-                        labels_count=len(task.labels),
-                        channel=task.channel,
-                        threshold=task.threshold,
-                        active_model_version=stats.model_version,
-                        queue_length=stats.review_queue,
-                    )
+def help_command(
+    deps: SlackDeps, args: list[str], command: dict[str, Any], respond: Respond
+) -> None:
+    """`/hitl help`: the commands."""
+    _reply(respond, blocks.help_blocks())
+
+
+def tasks_command(
+    deps: SlackDeps, args: list[str], command: dict[str, Any], respond: Respond
+) -> None:
+    """`/hitl tasks`: every task with its channel, threshold, model and queue."""
+    with deps.services.sessions.begin() as session:
+        summaries = []
+        for task in task_ops.list_tasks(session):
+            stats = task_stats(session, task)
+            summaries.append(
+                blocks.TaskSummary(
+                    name=task.name,
+                    labels_count=len(task.labels),
+                    channel=task.channel,
+                    threshold=task.threshold,
+                    active_model_version=stats.model_version,
+                    queue_length=stats.review_queue,
                 )
-        _reply(respond, blocks.tasks_blocks(summaries))
+            )
+    _reply(respond, blocks.tasks_blocks(summaries))
 
-    def stats_(args: list[str], _: dict[str, Any], respond: Respond) -> None:
-        with services.sessions.begin() as session:
-            task = _pick_task(session, args[0] if args else None)
-            run = latest_run(session, task)
-            headline = str(run.report.get("headline")) if run and run.report else None
-            view = stats_view(task_stats(session, task), last_report=headline)
-        _reply(respond, blocks.stats_blocks(view))
 
-    def threshold_(args: list[str], command: dict[str, Any], respond: Respond) -> None:
-        user = command["user_id"]
-        with services.sessions.begin() as session:
-            name, value = _task_and_value(session, args)
-            task = _pick_task(session, name)
-            if value is None:
-                _reply(
-                    respond,
-                    blocks.ephemeral_text(f"Threshold of *{task.name}* is {task.threshold:g}."),
-                )
-                return
-            if user not in services.settings.admin_ids:
-                raise BadInputError("only admins (HITL_ADMINS) can change the threshold")
-            task = task_ops.get_task(session, task.name, lock=True)
-            old = task_ops.set_threshold(session, task, value, actor=user)
-            new, channel, task_name = task.threshold, task.channel, task.name
-        _reply(respond, blocks.ephemeral_text(f"Threshold of *{task_name}*: {old:g} → {new:g}."))
-        if channel:
-            try:
-                deps.client.chat_postMessage(
-                    channel=channel,
-                    **blocks.threshold_changed_blocks(task_name, old, new=new, user_id=user),
-                )
-            except SlackApiError:
-                logger.exception("could not announce the threshold change in %s", channel)
+def stats_command(
+    deps: SlackDeps, args: list[str], command: dict[str, Any], respond: Respond
+) -> None:
+    """`/hitl stats [task]`: the task's figures and the headline of its latest report."""
+    with deps.services.sessions.begin() as session:
+        task = _pick_task(session, args[0] if args else None)
+        view = stats_view(task_stats(session, task), last_report=_last_headline(session, task))
+    _reply(respond, blocks.stats_blocks(view))
 
-    def retrain_(args: list[str], command: dict[str, Any], respond: Respond) -> None:
-        user = command["user_id"]
-        if user not in services.settings.admin_ids:
-            raise BadInputError("only admins (HITL_ADMINS) can retrain")
-        with services.sessions.begin() as session:
-            task = _pick_task(session, args[0] if args else None)
-            name, channel = task.name, task.channel
-        _reply(
-            respond,
-            blocks.ephemeral_text(
-                f"Retraining *{name}*; the result follows in "
-                + (f"<#{channel}>." if channel else "this reply.")
-            ),
-        )
-        deps.background.submit(_retrain_and_report, deps, name, channel, respond)
 
-    handlers: dict[str, Callable[[list[str], dict[str, Any], Respond], None]] = {
-        ids.CMD_HELP: help_,
-        ids.CMD_TASKS: tasks_,
-        ids.CMD_STATS: stats_,
-        ids.CMD_THRESHOLD: threshold_,
-        ids.CMD_RETRAIN: retrain_,
-    }
-
-    @app.command(ids.SLASH_COMMAND)
-    def hitl_command(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
-        ack()
-        words = str(command.get("text") or "").split()
-        handler = handlers.get(words[0].lower() if words else "", help_)
+def threshold_command(
+    deps: SlackDeps, args: list[str], command: dict[str, Any], respond: Respond
+) -> None:
+    """`/hitl threshold [task] [value]`: show it, or (admins) change it and tell the channel."""
+    user = command["user_id"]
+    with deps.services.sessions.begin() as session:
+        name, value = _task_and_value(session, args)
+        task = _pick_task(session, name)
+        if value is None:
+            _reply(
+                respond,
+                blocks.ephemeral_text(f"Threshold of *{task.name}* is {task.threshold:g}."),
+            )
+            return
+        if user not in deps.services.settings.admin_ids:
+            raise BadInputError("only admins (HITL_ADMINS) can change the threshold")
+        task = task_ops.get_task(session, task.name, lock=True)
+        old = task_ops.set_threshold(session, task, value, actor=user)
+        new, channel, task_name = task.threshold, task.channel, task.name
+    _reply(respond, blocks.ephemeral_text(f"Threshold of *{task_name}*: {old:g} → {new:g}."))
+    if channel:
         try:
-            handler(words[1:], command, respond)
-        except HitlError as exc:
-            _error(respond, str(exc))
+            deps.client.chat_postMessage(
+                channel=channel,
+                **blocks.threshold_changed_blocks(task_name, old, new=new, user_id=user),
+            )
+        except SlackApiError:
+            logger.exception("could not announce the threshold change in %s", channel)
+
+
+def retrain_command(
+    deps: SlackDeps, args: list[str], command: dict[str, Any], respond: Respond
+) -> None:
+    """`/hitl retrain [task]` (admins): run the retrain job in the background; report follows."""
+    user = command["user_id"]
+    if user not in deps.services.settings.admin_ids:
+        raise BadInputError("only admins (HITL_ADMINS) can retrain")
+    with deps.services.sessions.begin() as session:
+        task = _pick_task(session, args[0] if args else None)
+        name, channel = task.name, task.channel
+    _reply(
+        respond,
+        blocks.ephemeral_text(
+            f"Retraining *{name}*; the result follows in "
+            + (f"<#{channel}>." if channel else "this reply.")
+        ),
+    )
+    deps.background.submit(_retrain_and_report, deps, name, channel, respond)
+
+
+Subcommand = Callable[[SlackDeps, list[str], dict[str, Any], Respond], None]
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    ids.CMD_HELP: help_command,
+    ids.CMD_TASKS: tasks_command,
+    ids.CMD_STATS: stats_command,
+    ids.CMD_THRESHOLD: threshold_command,
+    ids.CMD_RETRAIN: retrain_command,
+}
+
+
+def _last_headline(session: Session, task: Task) -> str | None:
+    run = latest_run(session, task)
+    return str(run.report.get("headline")) if run and run.report else None
 
 
 def _task_and_value(session: Session, args: list[str]) -> tuple[str | None, str | None]:
