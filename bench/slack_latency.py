@@ -27,13 +27,13 @@ import httpx
 from slack_sdk import WebClient
 
 from bot import tasks as task_ops
+from bot.demo.simulator import FORM, SlackUser, sign
+from bot.demo.standin import SlackStandIn
 from bot.review import item_view
 from bot.runtime import free_port
 from bot.services import build_services
 from bot.settings import Settings
 from bot.slack.messages import message_for
-from bot.slack.simulator import FORM, SlackUser, sign
-from bot.slack.standin import SlackStandIn
 from tests.bot.slack.conftest import CHANNEL, start_bot
 
 

@@ -1,6 +1,5 @@
 """A running bot against the Slack stand-in, for end-to-end tests over real HTTP."""
 
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,15 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from bot import tasks as task_ops
-from bot.answers import import_examples
-from bot.ingest import IncomingItem
-from bot.runtime import Runtime, build_runtime, free_port
-from bot.services import build_services
-from bot.settings import Settings
-from bot.slack.simulator import SlackUser
-from bot.slack.standin import SlackStandIn
-from bot.training import retrain_task
+from bot.demo.simulator import SlackUser
+from bot.demo.standin import SlackStandIn
+from bot.demo.wiring import wire_bot
+from bot.runtime import Runtime
 from tests.conftest import TINY
 
 CHANNEL = "C0REVIEW1"
@@ -70,46 +64,24 @@ def wait_for(fetch: Callable[[], list[Any]], count: int, *, timeout: float = 15.
 
 def start_bot(tmp_path: Path, *, rate: float, trained: bool = True) -> Iterator[Bot]:
     """Stand-in, database, task, model and bot; stopped afterwards."""
-    secret = secrets.token_hex(16)
-    with SlackStandIn(bot_token="xoxb-test", rate_limit_per_channel=rate) as slack:
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            database_url=f"sqlite:///{tmp_path / 'bot.db'}",
-            slack_bot_token="xoxb-test",
-            slack_signing_secret=secret,
-            slack_api_url=slack.api_url,
+    with (
+        wire_bot(
+            f"sqlite:///{tmp_path / 'bot.db'}",
+            task="reviews",
+            labels=["positive", "negative"],
+            channel=CHANNEL,
+            threshold=0.99,
+            rate=rate,
             api_token="api-secret",
+            seed=TINY if trained else (),
             admins=ADMIN,
-        )
-        services = build_services(settings)
-        with services.sessions.begin() as session:
-            task = task_ops.create_task(
-                session, "reviews", ["positive", "negative"], channel=CHANNEL, threshold=0.99
-            )
-            if trained:
-                import_examples(
-                    session, task, [IncomingItem(t, label=lab) for t, lab in TINY], max_chars=1000
-                )
-        if trained:
-            retrain_task(
-                services.sessions, "reviews", registry=services.registry, settings=settings
-            )
-        runtime = build_runtime(
-            settings,
-            services=services,
-            host="127.0.0.1",
-            port=free_port(),
-            poster_interval=1.0 / rate,
-        )
-        runtime.start(schedule=False)
-        with httpx.Client(
-            base_url=runtime.url, timeout=10, headers={"Authorization": "Bearer api-secret"}
-        ) as api:
-            try:
-                yield Bot(runtime=runtime, slack=slack, secret=secret, api=api)
-            finally:
-                runtime.stop()
-                services.engine.dispose()
+            bot_token="xoxb-test",
+        ) as wired,
+        httpx.Client(
+            base_url=wired.runtime.url, timeout=10, headers={"Authorization": "Bearer api-secret"}
+        ) as api,
+    ):
+        yield Bot(runtime=wired.runtime, slack=wired.slack, secret=wired.secret, api=api)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ threads: each request has its own connection.
 
 import hashlib
 import hmac
+import http.client
 import json
 import secrets
 import string
@@ -29,9 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
-from bot.slack.standin import SlackStandIn
+from bot.demo.client import HttpAnswer, post
+from bot.demo.standin import SlackStandIn
 
 JsonDict = dict[str, Any]
 
@@ -53,10 +53,11 @@ def sign(signing_secret: str, timestamp: str, body: str) -> str:
 class Delivery:
     """What one request Slack sent got back from the bot, after any retries.
 
-    `status` is the HTTP status, None when no answer came in time or at all; `elapsed` runs from
-    the first attempt to the last answer or give-up; `error` is None on success, else why the
-    last attempt failed, in Slack's X-Slack-Retry-Reason words: http_timeout, connection_failed,
-    http_error. `response_url` is the one the request carried (clicks and commands).
+    `status` is the HTTP status, None when no answer came in time or at all; `headers` have
+    lower-case names; `elapsed` runs from the first attempt to the last answer or give-up;
+    `error` is None on success, else why the last attempt failed, in Slack's
+    X-Slack-Retry-Reason words: http_timeout, connection_failed, http_error. `response_url` is
+    the one the request carried (clicks and commands).
     """
 
     status: int | None
@@ -369,16 +370,15 @@ class SlackUser:
                 headers["X-Slack-Retry-Num"] = str(attempts)
                 headers["X-Slack-Retry-Reason"] = reason
             attempts += 1
-            response: httpx.Response | None = None
+            response: HttpAnswer | None = None
             try:
-                with httpx.Client(timeout=self._ack_timeout) as client:
-                    response = client.post(self.events_url, content=body.encode(), headers=headers)
-            except httpx.TimeoutException:
+                response = post(self.events_url, body.encode(), headers, timeout=self._ack_timeout)
+            except TimeoutError:
                 reason = "http_timeout"
-            except httpx.TransportError:
+            except (OSError, http.client.HTTPException):  # refused, reset, closed early
                 reason = "connection_failed"
             else:
-                if response.is_success or response.headers.get("X-Slack-No-Retry") == "1":
+                if response.ok or response.headers.get("x-slack-no-retry") == "1":
                     return _delivery(response, started, attempts, None, response_url)
                 reason = "http_error"
             if attempts > retries:
@@ -472,7 +472,7 @@ def _find_element(message: JsonDict, action_id: str) -> tuple[str, JsonDict]:
 
 
 def _delivery(
-    response: httpx.Response | None,
+    response: HttpAnswer | None,
     started: float,
     attempts: int,
     error: str | None,
@@ -481,9 +481,15 @@ def _delivery(
     elapsed = time.monotonic() - started
     if response is None:
         return Delivery(None, "", {}, elapsed, attempts, error, response_url)
-    headers = dict(response.headers.items())
-    status, text = response.status_code, response.text
-    return Delivery(status, text, headers, elapsed, attempts, error, response_url)
+    return Delivery(
+        response.status,
+        response.text,
+        dict(response.headers),
+        elapsed,
+        attempts,
+        error,
+        response_url,
+    )
 
 
 def _slack_ts(seconds: float) -> str:

@@ -15,8 +15,8 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 
-from bot.slack.simulator import SlackUser, sign
-from bot.slack.standin import SlackStandIn
+from bot.demo.simulator import SlackUser, sign
+from bot.demo.standin import SlackStandIn
 
 SECRET = "test-signing-secret"
 TOKEN = "xoxb-simulator-test"

@@ -17,7 +17,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 from slack_sdk.webhook import WebhookClient
 
-from bot.slack.standin import SlackStandIn, validate_blocks
+from bot.demo.standin import SlackStandIn, validate_blocks
 
 TOKEN = "xoxb-standin-test"
 CHANNEL = "C0REVIEW1"
