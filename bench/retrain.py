@@ -58,7 +58,8 @@ def one(size: int) -> dict[str, float]:
         seconds = time.perf_counter() - started
         services.engine.dispose()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    accuracy = float(result.report["holdout"]["new"]["accuracy"])
+    accuracy = result.report.new_accuracy
+    accuracy = float("nan") if accuracy is None else accuracy
     return {"size": size, "seconds": seconds, "peak_mb": peak_mb, "accuracy": accuracy}
 
 

@@ -1,9 +1,364 @@
-"""The retrain report as plain text (CLI) and as a PNG chart (Slack); figures come from the run."""
+"""The retrain report: a typed value, its stored JSON form, and its text and chart renderings.
+
+`RetrainRun.report` holds `RetrainReport.to_json()`; `hitl report --json` and
+`hitl retrain --json` print that form, so its key layout is kept stable (keys may be added).
+`from_json` accepts rows written by older versions, which lack some keys.
+"""
 
 import io
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+
+from bot.queries import LabelCounts
+from bot.states import AnswerSource, RunStatus
+
+# Runs that end before any model is measured: their report is the headline alone.
+HEADLINE_ONLY = frozenset({RunStatus.SKIPPED, RunStatus.COLD, RunStatus.FAILED, RunStatus.CLAIMED})
+
+_DEFAULT_EDGES = tuple(i / 20 for i in range(21))
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class HoldoutMetrics:
+    """One model measured on the holdout (or by cross-validation): `model.metrics.evaluate`."""
+
+    n: int | None = None
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    log_loss: float | None = None
+    ece: float | None = None
+    mean_confidence: float | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "HoldoutMetrics":
+        """From `evaluate`'s dict or a stored report; unknown keys are ignored."""
+        return cls(
+            n=_int(data.get("n")),
+            accuracy=_float(data.get("accuracy")),
+            macro_f1=_float(data.get("macro_f1")),
+            log_loss=_float(data.get("log_loss")),
+            ece=_float(data.get("ece")),
+            mean_confidence=_float(data.get("mean_confidence")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """`{n, accuracy, macro_f1, log_loss, ece, mean_confidence}`, leaving out unknown ones."""
+        values = {
+            "n": self.n,
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "log_loss": self.log_loss,
+            "ece": self.ece,
+            "mean_confidence": self.mean_confidence,
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Both models on the same holdout; `old` is None when there was no active model."""
+
+    old: HoldoutMetrics | None = None
+    new: HoldoutMetrics | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Holdout":
+        """From the stored `holdout` object."""
+        old, new = data.get("old"), data.get("new")
+        return cls(
+            old=HoldoutMetrics.from_json(old) if isinstance(old, Mapping) else None,
+            new=HoldoutMetrics.from_json(new) if isinstance(new, Mapping) else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """`{old, new}`."""
+        return {
+            "old": self.old.to_json() if self.old else None,
+            "new": self.new.to_json() if self.new else None,
+        }
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """One model on recent traffic; shares are None when there was no traffic."""
+
+    mean_confidence: float | None
+    auto_share: float | None
+    auto_per_day: float
+    histogram: tuple[int, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Traffic":
+        """From a stored `recent.old` / `recent.new` object."""
+        return cls(
+            mean_confidence=_float(data.get("mean_confidence")),
+            auto_share=_float(data.get("auto_share")),
+            auto_per_day=_float(data.get("auto_per_day")) or 0.0,
+            histogram=tuple(int(x) for x in data.get("histogram") or ()),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """`{mean_confidence, auto_share, auto_per_day, histogram}`."""
+        return {
+            "mean_confidence": self.mean_confidence,
+            "auto_share": self.auto_share,
+            "auto_per_day": self.auto_per_day,
+            "histogram": list(self.histogram),
+        }
+
+
+@dataclass(frozen=True)
+class RecentTraffic:
+    """Items of the report window, and both models on them."""
+
+    items: int = 0
+    items_per_day: float = 0.0
+    old: Traffic | None = None
+    new: Traffic | None = None
+    confidence_gain: float | None = None
+    histogram_edges: tuple[float, ...] = _DEFAULT_EDGES
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "RecentTraffic":
+        """From the stored `recent` object."""
+        old, new = data.get("old"), data.get("new")
+        return cls(
+            items=_int(data.get("items")) or 0,
+            items_per_day=_float(data.get("items_per_day")) or 0.0,
+            old=Traffic.from_json(old) if isinstance(old, Mapping) else None,
+            new=Traffic.from_json(new) if isinstance(new, Mapping) else None,
+            confidence_gain=_float(data.get("confidence_gain")),
+            histogram_edges=tuple(float(x) for x in data.get("histogram_edges") or _DEFAULT_EDGES),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """`{items, items_per_day, old, new, confidence_gain, histogram_edges}`."""
+        return {
+            "items": self.items,
+            "items_per_day": self.items_per_day,
+            "old": self.old.to_json() if self.old else None,
+            "new": self.new.to_json() if self.new else None,
+            "confidence_gain": self.confidence_gain,
+            "histogram_edges": list(self.histogram_edges),
+        }
+
+
+@dataclass(frozen=True)
+class LabelMove:
+    """One label's F1 under the old and the new model."""
+
+    label: str
+    old: float
+    new: float
+
+    @property
+    def delta(self) -> float:
+        """How much the F1 changed."""
+        return self.new - self.old
+
+    def to_json(self) -> dict[str, Any]:
+        """`{label, old, new, delta}`."""
+        return {"label": self.label, "old": self.old, "new": self.new, "delta": self.delta}
+
+
+@dataclass(frozen=True)
+class Movers:
+    """The labels whose F1 rose or fell the most."""
+
+    gains: tuple[LabelMove, ...] = ()
+    losses: tuple[LabelMove, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Movers":
+        """From the stored `movers` object."""
+
+        def moves(rows: Any) -> tuple[LabelMove, ...]:
+            return tuple(
+                LabelMove(
+                    str(r.get("label")), _float(r.get("old")) or 0.0, _float(r.get("new")) or 0.0
+                )
+                for r in rows or ()
+                if isinstance(r, Mapping)
+            )
+
+        return cls(gains=moves(data.get("gains")), losses=moves(data.get("losses")))
+
+    def to_json(self) -> dict[str, Any]:
+        """`{gains, losses}`, each a list of `{label, old, new, delta}`."""
+        return {
+            "gains": [m.to_json() for m in self.gains],
+            "losses": [m.to_json() for m in self.losses],
+        }
+
+
+def _counts_from_json(data: Mapping[str, Any]) -> LabelCounts:
+    return LabelCounts(
+        slack=_int(data.get(AnswerSource.SLACK.value)) or 0,
+        imported=_int(data.get(AnswerSource.IMPORT.value)) or 0,
+        spot_check=_int(data.get(AnswerSource.SPOT_CHECK.value)) or 0,
+        people=_int(data.get("people")) or 0,
+    )
+
+
+@dataclass(frozen=True)
+class RetrainReport:
+    """What one retrain run found and decided: the figures behind every rendering of it."""
+
+    task: str
+    status: RunStatus
+    headline: str
+    threshold: float | None = None
+    old_version: int | None = None
+    new_version: int | None = None
+    window_days: int | None = None
+    # Labels stored since the active model was trained, each once under its source. None in
+    # rows stored before the counts were split by source; those keep `legacy_answers`.
+    new_labels: LabelCounts | None = None
+    legacy_answers: tuple[int, int] | None = None  # (answers, people)
+    evaluation: str | None = None  # "holdout" or "cross-validation"
+    train_size: int | None = None
+    holdout_size: int | None = None
+    compared_on: str | None = None  # "holdout", "cross-validated" or "none"
+    holdout: Holdout | None = None
+    recent: RecentTraffic | None = None
+    movers: Movers = field(default_factory=Movers)
+    promoted: bool | None = None
+    reason: str | None = None
+    queue_resolved: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def new_answers(self) -> int:
+        """Every label stored since the last model."""
+        if self.new_labels is not None:
+            return self.new_labels.total
+        return self.legacy_answers[0] if self.legacy_answers else 0
+
+    @property
+    def answerers(self) -> int:
+        """How many people gave those labels (imports are nobody)."""
+        if self.new_labels is not None:
+            return self.new_labels.people
+        return self.legacy_answers[1] if self.legacy_answers else 0
+
+    @property
+    def new_accuracy(self) -> float | None:
+        """Holdout (or cross-validated) accuracy of the new model."""
+        if self.holdout is None or self.holdout.new is None:
+            return None
+        return self.holdout.new.accuracy
+
+    @property
+    def has_figures(self) -> bool:
+        """False for runs that ended before measuring anything (skipped, cold, failed)."""
+        return self.status not in HEADLINE_ONLY
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (also what `--json` prints)."""
+        return {
+            "status": self.status.value,
+            "headline": self.headline,
+            "task": self.task,
+            "threshold": self.threshold,
+            "old_version": self.old_version,
+            "new_version": self.new_version,
+            "new_answers": self.new_answers,
+            "answerers": self.answerers,
+            "new_labels": self.new_labels.as_dict() if self.new_labels else None,
+            "evaluation": self.evaluation,
+            "holdout_size": self.holdout_size,
+            "train_size": self.train_size,
+            "compared_on": self.compared_on,
+            "holdout": self.holdout.to_json() if self.holdout else None,
+            "recent": self.recent.to_json() if self.recent else None,
+            "movers": self.movers.to_json(),
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "queue_resolved": self.queue_resolved,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "window_days": self.window_days,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "RetrainReport":
+        """Read a stored report; keys missing in rows of older versions get neutral values."""
+        try:
+            status = RunStatus(str(data.get("status")))
+        except ValueError:
+            status = RunStatus.FAILED
+        new_labels = data.get("new_labels")
+        legacy = None
+        if not isinstance(new_labels, Mapping):
+            legacy = (_int(data.get("new_answers")) or 0, _int(data.get("answerers")) or 0)
+        holdout, recent = data.get("holdout"), data.get("recent")
+        promoted = data.get("promoted")
+        return cls(
+            task=str(data.get("task") or ""),
+            status=status,
+            headline=str(data.get("headline") or status.value),
+            threshold=_float(data.get("threshold")),
+            old_version=_int(data.get("old_version")),
+            new_version=_int(data.get("new_version")),
+            window_days=_int(data.get("window_days")),
+            new_labels=_counts_from_json(new_labels) if isinstance(new_labels, Mapping) else None,
+            legacy_answers=legacy,
+            evaluation=_str(data.get("evaluation")),
+            train_size=_int(data.get("train_size")),
+            holdout_size=_int(data.get("holdout_size")),
+            compared_on=_str(data.get("compared_on")),
+            holdout=Holdout.from_json(holdout) if isinstance(holdout, Mapping) else None,
+            recent=RecentTraffic.from_json(recent) if isinstance(recent, Mapping) else None,
+            movers=Movers.from_json(_mapping(data.get("movers"))),
+            promoted=promoted if isinstance(promoted, bool) else None,
+            reason=_str(data.get("reason")),
+            queue_resolved=_int(data.get("queue_resolved")) or 0,
+            started_at=_time(data.get("started_at")),
+            finished_at=_time(data.get("finished_at")),
+        )
+
+
+@dataclass(frozen=True)
+class VersionPoint:
+    """One promoted model version: its holdout figures and what it actually routed."""
+
+    version: int
+    accuracy: float | None
+    macro_f1: float | None
+    routed: int  # items whose routing prediction came from this version
+    auto_share: float | None  # share of those routed automatically; None if it routed none
+
+
+# --- text ---------------------------------------------------------------------------------------
 
 
 def _pct(value: float | None) -> str:
@@ -21,105 +376,114 @@ def _change(old: float | None, new: float | None, *, pct: bool = False) -> str:
     return f"{fmt(old)} → {fmt(new)}"
 
 
-def report_lines(report: dict[str, Any]) -> list[str]:
+def new_labels_line(report: RetrainReport) -> str:
+    """How many labels arrived since the last model, and from where."""
+    counts = report.new_labels
+    if counts is None:
+        return (
+            f"new answers since the last model: {report.new_answers} from {report.answerers} people"
+        )
+    return f"new labels since the last model: {counts.total} ({counts.breakdown()})"
+
+
+def report_lines(report: RetrainReport) -> list[str]:
     """The report's figures as short lines, in the order the Slack message shows them."""
-    lines = [str(report.get("headline", report.get("status", "")))]
-    status = report.get("status")
-    if status in ("skipped", "cold", "failed"):
+    lines = [report.headline]
+    if not report.has_figures:
         return lines
-    lines.append(
-        f"new answers since the last model: {report.get('new_answers', 0)} "
-        f"from {report.get('answerers', 0)} people"
-    )
-    recent = report.get("recent") or {}
-    old_t, new_t = recent.get("old"), recent.get("new") or {}
-    if recent.get("items"):
-        gain = recent.get("confidence_gain")
+    lines.append(new_labels_line(report))
+    recent = report.recent or RecentTraffic()
+    old_t, new_t = recent.old, recent.new
+    if recent.items and new_t is not None:
+        gain = recent.confidence_gain
         lines.append(
-            f"confidence on {recent['items']} recent items ({report.get('window_days')} days): "
-            + _change(
-                old_t and old_t["mean_confidence"],
-                new_t.get("mean_confidence"),
-            )
+            f"confidence on {recent.items} recent items ({report.window_days} days): "
+            + _change(old_t.mean_confidence if old_t else None, new_t.mean_confidence)
             + (f" ({gain:+.3f})" if gain is not None else "")
         )
         lines.append(
-            f"routed automatically at threshold {report.get('threshold'):g}: "
-            + _change(old_t and old_t["auto_share"], new_t.get("auto_share"), pct=True)
-            + f" (≈ {new_t.get('auto_per_day', 0):.0f} of {recent.get('items_per_day', 0):.0f}"
-            " items a day)"
+            f"routed automatically at threshold {report.threshold or 0:g}: "
+            + _change(old_t.auto_share if old_t else None, new_t.auto_share, pct=True)
+            + f" (≈ {new_t.auto_per_day:.0f} of {recent.items_per_day:.0f} items a day)"
         )
-    holdout = report.get("holdout") or {}
-    old_h, new_h = holdout.get("old") or {}, holdout.get("new") or {}
-    size = report.get("holdout_size") or 0
+    holdout = report.holdout or Holdout()
+    old_h, new_h = holdout.old or HoldoutMetrics(), holdout.new or HoldoutMetrics()
+    size = report.holdout_size or 0
     where = f"holdout of {size}" if size else "cross-validation"
     lines.append(
-        f"accuracy ({where}): {_change(old_h.get('accuracy'), new_h.get('accuracy'), pct=True)}; "
-        f"macro-F1: {_change(old_h.get('macro_f1'), new_h.get('macro_f1'))}"
+        f"accuracy ({where}): {_change(old_h.accuracy, new_h.accuracy, pct=True)}; "
+        f"macro-F1: {_change(old_h.macro_f1, new_h.macro_f1)}"
     )
-    lines.append(f"calibration error (ECE): {_change(old_h.get('ece'), new_h.get('ece'))}")
-    movers = report.get("movers") or {}
-    for kind, word in (("gains", "up"), ("losses", "down")):
-        rows = movers.get(kind) or []
-        if rows:
+    lines.append(f"calibration error (ECE): {_change(old_h.ece, new_h.ece)}")
+    for moves, word in ((report.movers.gains, "up"), (report.movers.losses, "down")):
+        if moves:
             lines.append(
-                f"labels {word}: "
-                + ", ".join(f"{r['label']} {r['old']:.2f}→{r['new']:.2f}" for r in rows)
+                f"labels {word}: " + ", ".join(f"{m.label} {m.old:.2f}→{m.new:.2f}" for m in moves)
             )
-    if report.get("queue_resolved"):
-        lines.append(f"review queue items resolved by the new model: {report['queue_resolved']}")
-    if report.get("reason"):
-        lines.append(f"decision: {report['reason']}")
+    if report.queue_resolved:
+        lines.append(f"review queue items resolved by the new model: {report.queue_resolved}")
+    if report.reason:
+        lines.append(f"decision: {report.reason}")
     return lines
 
 
-def format_report_text(report: dict[str, Any]) -> str:
+def format_report_text(report: RetrainReport) -> str:
     """The whole report as text."""
     return "\n".join(report_lines(report))
 
 
-def render_chart(report: dict[str, Any], history: Sequence[dict[str, Any]]) -> bytes:
+# --- chart --------------------------------------------------------------------------------------
+
+
+def render_chart(report: RetrainReport, history: Sequence[VersionPoint]) -> bytes:
     """PNG: confidence on recent traffic for both models, and accuracy/auto share per version."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recent = report.get("recent") or {}
-    edges = recent.get("histogram_edges") or [i / 20 for i in range(21)]
+    recent = report.recent or RecentTraffic()
+    edges = recent.histogram_edges
     centers = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
     width = (edges[1] - edges[0]) * 0.45
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    old, new = recent.get("old"), recent.get("new")
-    if old:
+    if recent.old is not None:
         left.bar(
             [c - width / 2 for c in centers],
-            old["histogram"],
+            recent.old.histogram,
             width=width,
-            label=f"v{report.get('old_version')}",
+            label=f"v{report.old_version}",
             color="#9aa5b1",
         )
-    if new:
+    if recent.new is not None:
         left.bar(
             [c + width / 2 for c in centers],
-            new["histogram"],
+            recent.new.histogram,
             width=width,
-            label=f"v{report.get('new_version')}",
+            label=f"v{report.new_version}",
             color="#2f80ed",
         )
-    threshold = float(report.get("threshold", 0.8))
+    threshold = report.threshold if report.threshold is not None else 0.8
     left.axvline(threshold, color="#d64545", linestyle="--", label=f"threshold {threshold:g}")
-    left.set_title(f"Confidence on recent items ({recent.get('items', 0)})")
+    left.set_title(f"Confidence on recent items ({recent.items})")
     left.set_xlabel("confidence")
     left.set_ylabel("items")
     left.legend(loc="upper left")
-    versions = [h["version"] for h in history]
+    versions = [point.version for point in history]
     if versions:
+        # None becomes a gap in the line: a version that routed nothing has no share to show.
+        nan = float("nan")
         right.plot(
-            versions, [h.get("accuracy") for h in history], marker="o", label="holdout accuracy"
+            versions,
+            [nan if p.accuracy is None else p.accuracy for p in history],
+            marker="o",
+            label="holdout accuracy",
         )
         right.plot(
-            versions, [h.get("auto_share") for h in history], marker="s", label="share automatic"
+            versions,
+            [nan if p.auto_share is None else p.auto_share for p in history],
+            marker="s",
+            label="share routed automatically",
         )
         right.set_xticks(versions)
     right.set_ylim(0, 1.05)

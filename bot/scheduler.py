@@ -11,6 +11,7 @@ from apscheduler.triggers.cron import CronTrigger
 from bot import tasks as task_ops
 from bot.errors import BadInputError, HitlError
 from bot.services import Services
+from bot.states import RunStatus
 from bot.storage.schema import utcnow
 from bot.training import RetrainResult, retrain_task
 
@@ -74,7 +75,7 @@ def run_all_tasks(
                 on_failure(name, channel, str(exc))
             continue
         results.append(result)
-        if on_result is not None and result.status != "claimed_elsewhere":
+        if on_result is not None and result.status != RunStatus.CLAIMED:
             on_result(result)
     return results
 
@@ -132,11 +133,6 @@ class NightlyRetrain:
                 id=f"{JOB_ID}-catch-up",
                 replace_existing=True,
             )
-
-    def next_run(self) -> datetime | None:
-        """When the nightly job fires next."""
-        job = self.scheduler.get_job(JOB_ID)
-        return job.next_run_time if job else None
 
     def stop(self) -> None:
         """Stop without waiting for a running retrain."""

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from bot.queries import label_counts
+from bot.queries import LabelCounts, label_counts
 from bot.registry import active_version
 from bot.states import AnswerKind, AnswerSource, Route
 from bot.storage.schema import Answer, Item, Task, utcnow
@@ -28,7 +28,13 @@ class TaskStats:
     review_queue: int
     imported: int  # labels stored by `hitl import`
     answers: int  # labels given by people in Slack
-    labels_by_source: dict[str, int]  # every stored label once: slack, import, spot_check, total
+    label_counts: LabelCounts  # every stored label once, by source
+
+    @property
+    def labels_by_source(self) -> dict[str, int]:
+        """The label counts as JSON: slack, import, spot_check, total, people."""
+        return self.label_counts.as_dict()
+
     items_today: int
     items_7d: int
     auto_share_7d: float | None
@@ -42,7 +48,10 @@ class TaskStats:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return asdict(self)
+        data = asdict(self)
+        del data["label_counts"]
+        data["labels_by_source"] = self.labels_by_source
+        return data
 
 
 def _count(session: Session, *conditions: Any) -> int:
@@ -110,7 +119,7 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
         review_queue=queue,
         imported=counts.imported,
         answers=counts.slack,
-        labels_by_source=counts.as_dict(),
+        label_counts=counts,
         items_today=_count(session, submitted, Item.submitted_at >= day),
         items_7d=items_7d,
         auto_share_7d=(week_routes.get(Route.AUTO, 0) / items_7d) if items_7d else None,

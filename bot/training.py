@@ -11,24 +11,35 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import outbox
 from bot.errors import HitlError
+from bot.queries import LabelCounts, label_counts
 from bot.registry import ModelRegistry, active_version, store_model
+from bot.report import (
+    Holdout,
+    HoldoutMetrics,
+    LabelMove,
+    Movers,
+    RecentTraffic,
+    RetrainReport,
+    Traffic,
+    VersionPoint,
+)
 from bot.settings import Settings
-from bot.states import IMPORT_USER, AnswerKind, LabelSource, ModelStatus, Route, RunStatus
+from bot.states import LabelSource, ModelStatus, Route, RunStatus
 from bot.storage.bulk import insert_rows
-from bot.storage.schema import Answer, Item, Prediction, RetrainRun, Task, utcnow
+from bot.storage.schema import Item, ModelVersion, Prediction, RetrainRun, Task, utcnow
 from bot.tasks import get_task
 from model import TextClassifier, TrainingError, train
 from model.classifier import cross_val_probabilities, minimum_count_missing
@@ -41,6 +52,9 @@ RECENT_LIMIT = 20_000
 STALE_RUN = timedelta(hours=2)
 _HASH_BUCKETS = 10_000
 _HISTOGRAM_EDGES = np.linspace(0.0, 1.0, 21)
+
+# Called with each stage's name as it starts: gathering, training, evaluating, saving, re-scoring.
+Progress = Callable[[str], None]
 
 PROMOTED, KEPT, SKIPPED, COLD, FAILED, RUNNING, CLAIMED = (
     RunStatus.PROMOTED,
@@ -94,18 +108,18 @@ class RetrainResult:
     """What a retrain did, with its report (the figures behind the Slack message)."""
 
     task: str
-    status: str
+    status: RunStatus
     version: int | None
     old_version: int | None
     run_id: int | None
     channel: str | None
-    report: dict[str, Any] = field(default_factory=dict)
+    report: RetrainReport
     updates: list[MessageToUpdate] = field(default_factory=list)
 
     @property
     def message(self) -> str:
         """One line for the CLI and logs."""
-        return str(self.report.get("headline", self.status))
+        return self.report.headline or self.status.value
 
 
 def load_labelled(session: Session, task: Task) -> LabelledData:
@@ -244,40 +258,33 @@ def _claim(
         return None
 
 
+def _record_run(
+    session: Session,
+    run_id: int,
+    report: RetrainReport,
+    *,
+    error: str | None = None,
+    old: int | None = None,
+    new: int | None = None,
+) -> None:
+    """Write how a run ended, with its report in the stored JSON form."""
+    run = session.get_one(RetrainRun, run_id)
+    run.status, run.error, run.report = report.status, error, report.to_json()
+    run.finished_at = utcnow()
+    run.old_version, run.new_version = old, new
+
+
 def _finish(
     sessions: sessionmaker[Session],
     run_id: int,
+    report: RetrainReport,
     *,
-    status: str,
-    report: dict[str, Any],
     error: str | None = None,
     old: int | None = None,
     new: int | None = None,
 ) -> None:
     with sessions.begin() as session:
-        run = session.get_one(RetrainRun, run_id)
-        run.status, run.error, run.report = status, error, report
-        run.finished_at = utcnow()
-        run.old_version, run.new_version = old, new
-
-
-def new_answers_since(session: Session, task: Task, since: datetime | None) -> tuple[int, int]:
-    """Labels given by people (and imports) since `since`: how many, and by how many people."""
-    conditions = [Item.task_id == task.id, Answer.kind == AnswerKind.LABEL]
-    if since is not None:
-        conditions.append(Answer.created_at > since)
-    count, people = session.execute(
-        select(func.count(), func.count(func.distinct(Answer.user_id)))
-        .select_from(Answer)
-        .join(Item, Item.id == Answer.item_id)
-        .where(and_(*conditions))
-    ).one()
-    humans = session.scalar(
-        select(func.count(func.distinct(Answer.user_id)))
-        .join(Item, Item.id == Answer.item_id)
-        .where(and_(*conditions), Answer.user_id != IMPORT_USER)
-    )
-    return int(count), int(humans or 0) if people else 0
+        _record_run(session, run_id, report, error=error, old=old, new=new)
 
 
 def recent_texts(session: Session, task: Task, *, since: datetime) -> list[str]:
@@ -292,34 +299,251 @@ def recent_texts(session: Session, task: Task, *, since: datetime) -> list[str]:
     )
 
 
-def traffic_figures(
-    confidences: NDArray[np.float64], *, threshold: float, days: int
-) -> dict[str, Any]:
-    """Mean confidence, share routed automatically, items per day and a histogram."""
+# --- gather ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """Everything a retrain reads from the database before it trains."""
+
+    name: str
+    channel: str | None
+    threshold: float
+    labels: list[str]
+    featurizer: str
+    old_version: int | None
+    old_classifier: TextClassifier | None
+    old_metrics: dict[str, Any]
+    new_labels: LabelCounts
+    data: LabelledData
+    traffic: list[str]
+
+
+def gather(
+    session: Session, task: Task, *, registry: ModelRegistry, settings: Settings, now: datetime
+) -> Gathered:
+    """Read the task, its active model, the labels since that model, and recent traffic."""
+    active = active_version(session, task)
+    return Gathered(
+        name=task.name,
+        channel=task.channel,
+        threshold=task.threshold,
+        labels=list(task.labels),
+        featurizer=task.featurizer,
+        old_version=active.version if active else None,
+        old_classifier=registry.load(session, active.id) if active else None,
+        old_metrics=dict(active.metrics) if active else {},
+        new_labels=label_counts(session, task, since=active.created_at if active else None),
+        data=load_labelled(session, task),
+        traffic=recent_texts(
+            session, task, since=now - timedelta(days=settings.report_window_days)
+        ),
+    )
+
+
+def should_skip(gathered: Gathered, *, force: bool) -> bool:
+    """Nothing was labelled since the active model was trained (and no one forced a run)."""
+    return gathered.old_version is not None and gathered.new_labels.total == 0 and not force
+
+
+# --- evaluate and decide (pure: no database) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The candidate and the active model measured side by side."""
+
+    holdout: Holdout
+    compared_on: str  # "holdout", "cross-validated" (stored figures) or "none" (no old model)
+    recent: RecentTraffic
+    movers: Movers
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether the candidate replaces the active model, and why."""
+
+    promote: bool
+    reason: str
+
+
+def traffic_figures(confidences: NDArray[np.float64], *, threshold: float, days: int) -> Traffic:
+    """Mean confidence, share routed automatically, items per day and a histogram.
+
+    Without traffic the mean and the share are None: nothing was routed, which is not 0 %.
+    """
     n = len(confidences)
-    auto = float((confidences >= threshold).mean()) if n else 0.0
     histogram, _ = np.histogram(confidences, bins=_HISTOGRAM_EDGES)
-    return {
-        "mean_confidence": float(confidences.mean()) if n else 0.0,
-        "auto_share": auto,
-        "auto_per_day": auto * n / days,
-        "histogram": [int(x) for x in histogram],
-    }
+    auto = float((confidences >= threshold).mean()) if n else None
+    return Traffic(
+        mean_confidence=float(confidences.mean()) if n else None,
+        auto_share=auto,
+        auto_per_day=(auto or 0.0) * n / days,
+        histogram=tuple(int(x) for x in histogram),
+    )
 
 
-def label_movers(
-    old: dict[str, float], new: dict[str, float], *, limit: int = 3
-) -> dict[str, list[dict[str, float | str]]]:
+def label_movers(old: dict[str, float], new: dict[str, float], *, limit: int = 3) -> Movers:
     """Labels whose F1 rose or fell the most between two models."""
     ordered = sorted(new, key=lambda k: new[k] - old.get(k, 0.0))
 
-    def row(label: str) -> dict[str, float | str]:
-        before = old.get(label, 0.0)
-        return {"label": label, "old": before, "new": new[label], "delta": new[label] - before}
+    def move(label: str) -> LabelMove:
+        return LabelMove(label, old.get(label, 0.0), new[label])
 
-    gains = [row(k) for k in reversed(ordered) if new[k] > old.get(k, 0.0)][:limit]
-    losses = [row(k) for k in ordered if new[k] < old.get(k, 0.0)][:limit]
-    return {"gains": gains, "losses": losses}
+    gains = [move(k) for k in reversed(ordered) if new[k] > old.get(k, 0.0)][:limit]
+    losses = [move(k) for k in ordered if new[k] < old.get(k, 0.0)][:limit]
+    return Movers(tuple(gains), tuple(losses))
+
+
+def evaluate_models(
+    candidate: TrainedCandidate,
+    old_classifier: TextClassifier | None,
+    *,
+    old_metrics: dict[str, Any],
+    labels: Sequence[str],
+    traffic: Sequence[str],
+    threshold: float,
+    days: int,
+) -> Evaluation:
+    """Both models on the candidate's holdout and on recent traffic."""
+    new_f1 = per_label_f1(candidate.probabilities, labels, candidate.holdout_truth)
+    old_f1: dict[str, float] = {}
+    if old_classifier is None:
+        old_eval, compared_on = None, "none"
+    elif candidate.evaluation == "holdout":
+        old_probabilities = old_classifier.predict(candidate.holdout_texts).probabilities
+        old_eval = evaluate(old_probabilities, labels, candidate.holdout_truth)
+        old_f1 = per_label_f1(old_probabilities, labels, candidate.holdout_truth)
+        compared_on = "holdout"
+    else:
+        # Without a holdout the old model can only be judged by the figures it was stored with.
+        old_eval = {k: float(v) for k, v in old_metrics.items() if isinstance(v, int | float)}
+        compared_on = "cross-validated"
+
+    texts = list(traffic)
+    new_traffic = traffic_figures(
+        candidate.classifier.predict(texts).confidence if texts else np.zeros(0),
+        threshold=threshold,
+        days=days,
+    )
+    old_traffic = None
+    if old_classifier is not None:
+        old_traffic = traffic_figures(
+            old_classifier.predict(texts).confidence if texts else np.zeros(0),
+            threshold=threshold,
+            days=days,
+        )
+    gain = None
+    if old_traffic is not None and old_traffic.mean_confidence is not None:
+        gain = (new_traffic.mean_confidence or 0.0) - old_traffic.mean_confidence
+    return Evaluation(
+        holdout=Holdout(
+            old=HoldoutMetrics.from_json(old_eval) if old_eval is not None else None,
+            new=HoldoutMetrics.from_json(candidate.metrics),
+        ),
+        compared_on=compared_on,
+        recent=RecentTraffic(
+            items=len(texts),
+            items_per_day=len(texts) / days,
+            old=old_traffic,
+            new=new_traffic,
+            confidence_gain=gain,
+            histogram_edges=tuple(float(x) for x in _HISTOGRAM_EDGES),
+        ),
+        movers=label_movers(old_f1, new_f1) if old_f1 else Movers(),
+    )
+
+
+def decide(evaluation: Evaluation, *, tolerance: float) -> Decision:
+    """The promotion rule: holdout macro-F1 may fall by at most `tolerance`."""
+    new = evaluation.holdout.new
+    new_macro = (new.macro_f1 if new else None) or 0.0
+    old = evaluation.holdout.old
+    if old is None:
+        return Decision(True, "first model of the task")
+    old_macro = old.macro_f1 or 0.0
+    where = evaluation.compared_on
+    if new_macro >= old_macro - tolerance:
+        return Decision(
+            True,
+            f"{where} macro-F1 {new_macro:.3f} vs {old_macro:.3f} (tolerance {tolerance:g})",
+        )
+    return Decision(
+        False,
+        f"{where} macro-F1 would fall from {old_macro:.3f} to {new_macro:.3f}, "
+        f"more than the tolerance {tolerance:g}",
+    )
+
+
+def headline(decision: Decision, *, old_version: int | None, version: int) -> str:
+    """`model v7 → v8 promoted`, `first model v1 promoted` or `kept v7; candidate v8 rejected`."""
+    if not decision.promote:
+        return f"kept v{old_version}; candidate v{version} rejected"
+    if old_version:
+        return f"model v{old_version} → v{version} promoted"
+    return f"first model v{version} promoted"
+
+
+def candidate_report(
+    base: RetrainReport,
+    candidate: TrainedCandidate,
+    evaluation: Evaluation,
+    decision: Decision,
+    *,
+    version: int,
+    queue_resolved: int,
+    finished_at: datetime,
+) -> RetrainReport:
+    """The report of a run that trained and measured a candidate stored as `version`."""
+    return replace(
+        base,
+        status=PROMOTED if decision.promote else KEPT,
+        headline=headline(decision, old_version=base.old_version, version=version),
+        new_version=version,
+        evaluation=candidate.evaluation,
+        train_size=candidate.train_size,
+        holdout_size=candidate.holdout_size,
+        compared_on=evaluation.compared_on,
+        holdout=evaluation.holdout,
+        recent=evaluation.recent,
+        movers=evaluation.movers,
+        promoted=decision.promote,
+        reason=decision.reason,
+        queue_resolved=queue_resolved,
+        finished_at=finished_at,
+    )
+
+
+# --- persist -------------------------------------------------------------------------------------
+
+
+def save_candidate(
+    session: Session,
+    task: Task,
+    candidate: TrainedCandidate,
+    *,
+    promote: bool,
+    registry: ModelRegistry,
+    now: datetime,
+) -> ModelVersion:
+    """Store the candidate as the task's next version: active if promoted, else rejected."""
+    return store_model(
+        session,
+        task,
+        candidate.classifier,
+        registry=registry,
+        status=ModelStatus.ACTIVE if promote else ModelStatus.REJECTED,
+        train_size=candidate.train_size,
+        metrics={
+            **candidate.metrics,
+            "evaluation": candidate.evaluation,
+            "holdout_size": candidate.holdout_size,
+            "trained_at": now.isoformat(),
+        },
+    )
+
+
+# --- re-score ------------------------------------------------------------------------------------
 
 
 def _rescore_queue(
@@ -376,6 +600,9 @@ def _rescore_queue(
     return len(sure), updates
 
 
+# --- the job -------------------------------------------------------------------------------------
+
+
 def retrain_task(
     sessions: sessionmaker[Session],
     task_name: str,
@@ -386,24 +613,31 @@ def retrain_task(
     scheduled_for: datetime | None = None,
     force: bool = False,
     now: datetime | None = None,
+    progress: Progress | None = None,
 ) -> RetrainResult:
-    """Run the retrain job for one task and store the run; see the module docstring."""
+    """Run the retrain job for one task and store the run; see the module docstring.
+
+    `progress` is called with each stage's name as it starts: gathering, training,
+    evaluating, saving, re-scoring.
+    """
     now = now or utcnow()
     claimed = _claim(sessions, task_name, trigger=trigger, scheduled_for=scheduled_for, now=now)
     if claimed is None:
-        return RetrainResult(
-            task_name,
-            CLAIMED,
-            None,
-            None,
-            None,
-            None,
-            {"headline": f"{task_name}: already retrained for this slot"},
+        report = RetrainReport(
+            task_name, CLAIMED, f"{task_name}: already retrained for this slot", started_at=now
         )
+        return RetrainResult(task_name, CLAIMED, None, None, None, None, report)
     task_id, run_id = claimed
     try:
         return _run(
-            sessions, task_id, run_id, registry=registry, settings=settings, force=force, now=now
+            sessions,
+            task_id,
+            run_id,
+            registry=registry,
+            settings=settings,
+            force=force,
+            now=now,
+            progress=progress or _no_progress,
         )
     except Exception as exc:  # the job's boundary: every failure is recorded and reported
         logger.exception("retrain of %s failed", task_name)
@@ -412,9 +646,19 @@ def retrain_task(
             if isinstance(exc, HitlError | TrainingError)
             else f"{type(exc).__name__}: {exc}"
         )
-        report = {"headline": f"{task_name}: retrain failed: {reason}", "status": FAILED}
-        _finish(sessions, run_id, status=FAILED, report=report, error=reason[:2000])
+        failed = RetrainReport(
+            task_name,
+            FAILED,
+            f"{task_name}: retrain failed: {reason}",
+            started_at=now,
+            finished_at=utcnow(),
+        )
+        _finish(sessions, run_id, failed, error=reason[:2000])
         raise RetrainFailed(f"retrain of {task_name!r} failed: {reason}") from exc
+
+
+def _no_progress(stage: str) -> None:
+    return None
 
 
 def _run(
@@ -426,169 +670,106 @@ def _run(
     settings: Settings,
     force: bool,
     now: datetime,
+    progress: Progress,
 ) -> RetrainResult:
+    progress("gathering")
     with sessions.begin() as session:
         task = session.get_one(Task, task_id)
-        name, channel, threshold = task.name, task.channel, task.threshold
-        labels, featurizer = list(task.labels), task.featurizer
-        active = active_version(session, task)
-        old_version = active.version if active else None
-        new_count, people = new_answers_since(session, task, active.created_at if active else None)
-        data = load_labelled(session, task)
-        window = now - timedelta(days=settings.report_window_days)
-        traffic = recent_texts(session, task, since=window)
-        old_classifier = registry.load(session, active.id) if active else None
-        old_metrics = dict(active.metrics) if active else {}
+        gathered = gather(session, task, registry=registry, settings=settings, now=now)
+    name, old_version = gathered.name, gathered.old_version
+    base = RetrainReport(
+        task=name,
+        status=RunStatus.RUNNING,
+        headline="",
+        threshold=gathered.threshold,
+        old_version=old_version,
+        window_days=settings.report_window_days,
+        new_labels=gathered.new_labels,
+        started_at=now,
+    )
+    if should_skip(gathered, force=force):
+        report = replace(
+            base,
+            status=SKIPPED,
+            headline=f"{name}: no new answers since model v{old_version}; kept it",
+            finished_at=utcnow(),
+        )
+        _finish(sessions, run_id, report, old=old_version, new=old_version)
+        return RetrainResult(
+            name, SKIPPED, old_version, old_version, run_id, gathered.channel, report
+        )
 
-    base: dict[str, Any] = {
-        "task": name,
-        "threshold": threshold,
-        "old_version": old_version,
-        "new_answers": new_count,
-        "answerers": people,
-        "started_at": now.isoformat(),
-        "window_days": settings.report_window_days,
-    }
-    if active is not None and new_count == 0 and not force:
-        report = {
-            **base,
-            "status": SKIPPED,
-            "headline": f"{name}: no new answers since model v{old_version}; kept it",
-        }
-        _finish(sessions, run_id, status=SKIPPED, report=report, old=old_version, new=old_version)
-        return RetrainResult(name, SKIPPED, old_version, old_version, run_id, channel, report)
+    progress("training")
     try:
         candidate = train_candidate(
-            data,
-            labels=labels,
-            featurizer=featurizer,
+            gathered.data,
+            labels=gathered.labels,
+            featurizer=gathered.featurizer,
             min_per_label=settings.min_answers_per_label,
             holdout_share=settings.holdout_share,
         )
     except TrainingError as exc:
-        if active is not None:
+        if gathered.old_classifier is not None:
             raise
-        report = {**base, "status": COLD, "headline": f"{name}: no model yet: {exc}"}
-        _finish(sessions, run_id, status=COLD, report=report)
-        return RetrainResult(name, COLD, None, None, run_id, channel, report)
+        report = replace(
+            base, status=COLD, headline=f"{name}: no model yet: {exc}", finished_at=utcnow()
+        )
+        _finish(sessions, run_id, report)
+        return RetrainResult(name, COLD, None, None, run_id, gathered.channel, report)
 
-    new_metrics = candidate.metrics
-    new_f1 = per_label_f1(candidate.probabilities, labels, candidate.holdout_truth)
-    if old_classifier is not None and candidate.evaluation == "holdout":
-        old_probabilities = old_classifier.predict(candidate.holdout_texts).probabilities
-        old_eval = evaluate(old_probabilities, labels, candidate.holdout_truth)
-        old_f1 = per_label_f1(old_probabilities, labels, candidate.holdout_truth)
-        compared_on = "holdout"
-    else:
-        # Without a holdout the old model can only be judged by the figures it was stored with.
-        old_eval = {k: float(v) for k, v in old_metrics.items() if isinstance(v, int | float)}
-        old_f1 = {}
-        compared_on = "cross-validated" if old_classifier is not None else "none"
-
-    recent_new = candidate.classifier.predict(traffic).confidence if traffic else np.zeros(0)
-    recent_old = (
-        old_classifier.predict(traffic).confidence
-        if traffic and old_classifier is not None
-        else np.zeros(len(traffic))
+    progress("evaluating")
+    evaluation = evaluate_models(
+        candidate,
+        gathered.old_classifier,
+        old_metrics=gathered.old_metrics,
+        labels=gathered.labels,
+        traffic=gathered.traffic,
+        threshold=gathered.threshold,
+        days=settings.report_window_days,
     )
-    days = settings.report_window_days
-    tolerance = settings.promotion_tolerance
-    old_macro = float(old_eval.get("macro_f1", 0.0))
-    if old_classifier is None:
-        promote, reason = True, "first model of the task"
-    elif new_metrics["macro_f1"] >= old_macro - tolerance:
-        promote, reason = (
-            True,
-            (
-                f"{compared_on} macro-F1 {new_metrics['macro_f1']:.3f} vs {old_macro:.3f}"
-                f" (tolerance {tolerance:g})"
-            ),
-        )
-    else:
-        promote, reason = (
-            False,
-            (
-                f"{compared_on} macro-F1 would fall from {old_macro:.3f} to "
-                f"{new_metrics['macro_f1']:.3f}, more than the tolerance {tolerance:g}"
-            ),
-        )
-    stored_metrics: dict[str, Any] = {
-        **new_metrics,
-        "evaluation": candidate.evaluation,
-        "holdout_size": candidate.holdout_size,
-        "trained_at": now.isoformat(),
-    }
-    old_traffic = traffic_figures(recent_old, threshold=threshold, days=days)
-    new_traffic = traffic_figures(recent_new, threshold=threshold, days=days)
-    report = {
-        **base,
-        "train_size": candidate.train_size,
-        "holdout_size": candidate.holdout_size,
-        "evaluation": candidate.evaluation,
-        "compared_on": compared_on,
-        "holdout": {"old": old_eval if old_classifier is not None else None, "new": new_metrics},
-        "recent": {
-            "items": len(traffic),
-            "items_per_day": len(traffic) / days,
-            "old": old_traffic if old_classifier is not None else None,
-            "new": new_traffic,
-            "confidence_gain": (
-                new_traffic["mean_confidence"] - old_traffic["mean_confidence"]
-                if old_classifier is not None and len(traffic)
-                else None
-            ),
-            "histogram_edges": [float(x) for x in _HISTOGRAM_EDGES],
-        },
-        "movers": label_movers(old_f1, new_f1) if old_f1 else {"gains": [], "losses": []},
-        "promoted": promote,
-        "reason": reason,
-    }
+    decision = decide(evaluation, tolerance=settings.promotion_tolerance)
+
+    progress("saving")
     with sessions.begin() as session:
         task = session.get_one(Task, task_id)
-        row = store_model(
-            session,
-            task,
-            candidate.classifier,
-            status=ModelStatus.ACTIVE if promote else ModelStatus.REJECTED,
-            train_size=candidate.train_size,
-            metrics=stored_metrics,
+        row = save_candidate(
+            session, task, candidate, promote=decision.promote, registry=registry, now=now
         )
-        version = row.version
+        version, model_id = row.version, row.id
         resolved, updates = 0, list[MessageToUpdate]()
-        if promote:
+        if decision.promote:
+            progress("re-scoring")
             resolved, updates = _rescore_queue(
-                session, task, candidate.classifier, model_id=row.id, version=version, now=now
+                session, task, candidate.classifier, model_id=model_id, version=version, now=now
             )
-        report["new_version"] = version
-        report["queue_resolved"] = resolved
-        report["status"] = PROMOTED if promote else KEPT
-        report["headline"] = (
-            (
-                f"model v{old_version} → v{version} promoted"
-                if old_version
-                else f"first model v{version} promoted"
-            )
-            if promote
-            else f"kept v{old_version}; candidate v{version} rejected"
+        report = candidate_report(
+            base,
+            candidate,
+            evaluation,
+            decision,
+            version=version,
+            queue_resolved=resolved,
+            finished_at=utcnow(),
         )
-        report["finished_at"] = utcnow().isoformat()
-        run = session.get_one(RetrainRun, run_id)
-        run.status, run.report, run.finished_at = report["status"], report, utcnow()
-        run.old_version, run.new_version = old_version, version
-    if promote:
+        # One transaction: the model, the queue it resolved and the run's report land together.
+        _record_run(session, run_id, report, old=old_version, new=version)
+    if decision.promote:
         # Serve the new model from the cache at once; the registry reloads by id anyway.
         with sessions.begin() as session:
-            registry.load(session, row.id)
+            registry.load(session, model_id)
     return RetrainResult(
         name,
-        str(report["status"]),
-        version if promote else old_version,
+        report.status,
+        version if decision.promote else old_version,
         old_version,
         run_id,
-        channel,
+        gathered.channel,
         report,
         updates,
     )
+
+
+# --- reading runs back ---------------------------------------------------------------------------
 
 
 def latest_run(session: Session, task: Task, *, version: int | None = None) -> RetrainRun | None:
@@ -599,24 +780,66 @@ def latest_run(session: Session, task: Task, *, version: int | None = None) -> R
     return session.scalar(query.order_by(RetrainRun.id.desc()).limit(1))
 
 
-def version_history(session: Session, task: Task) -> list[dict[str, Any]]:
-    """Per promoted run: version, holdout accuracy and automatic share, oldest first."""
+def latest_report(
+    session: Session, task: Task, *, version: int | None = None
+) -> RetrainReport | None:
+    """The newest stored report of a task (of the run that produced model v`version`, if given)."""
+    run = latest_run(session, task, version=version)
+    if run is None or run.report is None:
+        return None
+    return RetrainReport.from_json(run.report)
+
+
+def routed_by_version(session: Session, task: Task) -> dict[int, tuple[int, int]]:
+    """Per model version: items whose routing prediction it made, and how many it routed auto.
+
+    The routing prediction is an item's first one (stored at submit); later ones, such as a
+    re-score after a promotion, did not decide where the item went.
+    """
+    first = (
+        select(func.min(Prediction.id))
+        .join(Item, Item.id == Prediction.item_id)
+        .where(Item.task_id == task.id)
+        .group_by(Prediction.item_id)
+    )
+    rows = session.execute(
+        select(
+            ModelVersion.version,
+            func.count(),
+            func.sum(case((Prediction.route == Route.AUTO, 1), else_=0)),
+        )
+        .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .where(Prediction.id.in_(first))
+        .group_by(ModelVersion.version)
+    ).all()
+    return {int(version): (int(routed), int(auto or 0)) for version, routed, auto in rows}
+
+
+def version_history(session: Session, task: Task) -> list[VersionPoint]:
+    """Per promoted run, oldest first: holdout figures and the share the version routed auto."""
     runs = session.scalars(
         select(RetrainRun)
-        .where(RetrainRun.task_id == task.id, RetrainRun.status == PROMOTED)
+        .where(
+            RetrainRun.task_id == task.id,
+            RetrainRun.status == PROMOTED,
+            RetrainRun.new_version.is_not(None),
+        )
         .order_by(RetrainRun.id)
     ).all()
+    routed = routed_by_version(session, task)
     history = []
     for run in runs:
-        report = run.report or {}
-        new = (report.get("holdout") or {}).get("new") or {}
-        recent = ((report.get("recent") or {}).get("new")) or {}
+        report = RetrainReport.from_json(run.report or {})
+        new = report.holdout.new if report.holdout and report.holdout.new else HoldoutMetrics()
+        version = int(run.new_version or 0)
+        items, auto = routed.get(version, (0, 0))
         history.append(
-            {
-                "version": run.new_version,
-                "accuracy": new.get("accuracy"),
-                "macro_f1": new.get("macro_f1"),
-                "auto_share": recent.get("auto_share"),
-            }
+            VersionPoint(
+                version=version,
+                accuracy=new.accuracy,
+                macro_f1=new.macro_f1,
+                routed=items,
+                auto_share=auto / items if items else None,
+            )
         )
     return history

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from bot.report import HoldoutMetrics, RecentTraffic, RetrainReport, Traffic, report_lines
 from bot.slack import ids
+from bot.states import RunStatus
 
 Block = dict[str, Any]
 Message = dict[str, Any]
@@ -35,7 +37,6 @@ Message = dict[str, Any]
 MAX_MESSAGE_BLOCKS = 50
 MAX_VIEW_BLOCKS = 100
 SECTION_TEXT_LIMIT = 3000
-FIELD_TEXT_LIMIT = 2000
 MAX_FIELDS = 10
 MAX_ACTIONS_ELEMENTS = 25
 MAX_CONTEXT_ELEMENTS = 10
@@ -50,6 +51,7 @@ _FALLBACK_SNIPPET = 100
 _USER_ID = re.compile(r"[A-Z0-9]{2,40}")
 _CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,30}")
 _ESCAPED_COST = {"&": 5, "<": 4, ">": 4}
+_OPEN_MARKUP = re.compile(r"(&[a-z]*|<[^>]*)$")  # an entity or `<…>` cut before its end
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -98,6 +100,8 @@ class StatsView:
     review_queue: int
     answers_today: int
     answers_7d: int
+    labels_stored: int
+    labels_breakdown: str  # "3 from Slack by 2 people, 10 imported"
     median_answer_seconds: float | None
     top_reviewers: tuple[tuple[str, int], ...]
     model_version: int | None
@@ -169,9 +173,29 @@ def _mrkdwn(text: str) -> Block:
     return {"type": "mrkdwn", "text": _nonblank(text)}
 
 
+def _utf16_len(text: str) -> int:
+    return sum(2 if ord(char) > 0xFFFF else 1 for char in text)
+
+
+def _fit_markup(text: str, limit: int) -> str:
+    """Escaped mrkdwn `text`, or its start plus "…", within `limit` UTF-16 code units.
+
+    A cut never ends inside an entity (`&amp;`) or a `<…>` mention, link or date.
+    """
+    if _utf16_len(text) <= limit:
+        return text
+    budget, total, end = limit - _utf16_len(_ELLIPSIS), 0, len(text)
+    for position, char in enumerate(text):
+        total += 2 if ord(char) > 0xFFFF else 1
+        if total > budget:
+            end = position
+            break
+    return _OPEN_MARKUP.sub("", text[:end]).rstrip() + _ELLIPSIS
+
+
 def _section(text: str) -> Block:
-    """A mrkdwn section; callers escape untrusted parts and stay under the limit."""
-    return {"type": "section", "text": _mrkdwn(_fit(text, SECTION_TEXT_LIMIT))}
+    """A mrkdwn section; callers escape untrusted parts and should stay under the limit."""
+    return {"type": "section", "text": _mrkdwn(_fit_markup(text, SECTION_TEXT_LIMIT))}
 
 
 def _fields_section(fields: Sequence[Block], *, text: str | None = None) -> Block:
@@ -505,6 +529,7 @@ def _traffic_fields(s: StatsView) -> list[Block]:
         _field("Items", f"{s.items_today:,} today\n{s.items_7d:,} in 7 days"),
         _field("Automatic (7 days)", auto),
         _field("Answers", f"{s.answers_today:,} today\n{s.answers_7d:,} in 7 days"),
+        _field("Labels stored", f"{s.labels_stored:,}: {s.labels_breakdown}"),
         _field("Median answer time", median),
     ]
 
@@ -616,3 +641,111 @@ def threshold_changed_blocks(task_name: str, old: float, *, new: float, user_id:
         "text": f"Threshold of {task}: {old:g} → {new:g}",
         "blocks": [_section(headline), _context(_plain(meaning))],
     }
+
+
+# --- retrain report ---------------------------------------------------------------------------
+
+_REPORT_ICONS = {
+    RunStatus.PROMOTED: ":rocket:",
+    RunStatus.KEPT: ":shield:",
+    RunStatus.SKIPPED: ":zzz:",
+    RunStatus.COLD: ":seedling:",
+    RunStatus.FAILED: ":x:",
+}
+# Raw-text budgets for the untrusted parts of the report (labels, the headline and the reason,
+# which quote task names and error messages): escaped, each character may become five, and
+# the sections still fit Slack's 3000 characters without a cut.
+_MOVER_LABEL_LIMIT = 80
+_HEADLINE_LIMIT = 500
+_REASON_LIMIT = 500
+_MOVERS_SHOWN = 3
+
+
+def _arrow(old: float | None, new: float | None, *, pct: bool = False) -> str:
+    def show(value: float | None) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value:.0%}" if pct else f"{value:.3f}"
+
+    return show(new) if old is None else f"{show(old)} → {show(new)}"
+
+
+def _new_labels_field(report: RetrainReport) -> str:
+    counts = report.new_labels
+    if counts is None:
+        return f"{report.new_answers:,} from {report.answerers:,} people"
+    lines = [
+        f"{counts.total:,}",
+        f"{counts.slack:,} from Slack by {counts.people:,} people",
+        f"{counts.imported:,} imported",
+    ]
+    if counts.spot_check:
+        lines.append(f"{counts.spot_check:,} spot checks")
+    return "\n".join(lines)
+
+
+def _report_fields(report: RetrainReport) -> list[Block]:
+    recent = report.recent or RecentTraffic()
+    old_t = recent.old or Traffic(None, None, 0.0, ())
+    new_t = recent.new or Traffic(None, None, 0.0, ())
+    holdout_old = report.holdout.old if report.holdout else None
+    holdout_new = report.holdout.new if report.holdout else None
+    old_h, new_h = holdout_old or HoldoutMetrics(), holdout_new or HoldoutMetrics()
+    gain = recent.confidence_gain
+    size = report.holdout_size or 0
+    measured = f"holdout of {size:,}" if size else "cross-validation"
+    return [
+        _field("New labels", _new_labels_field(report)),
+        _field(
+            f"Confidence ({recent.items:,} recent items)",
+            _arrow(old_t.mean_confidence, new_t.mean_confidence)
+            + (f"  ({gain:+.2f})" if gain is not None else ""),
+        ),
+        _field(
+            f"Automatic at {report.threshold or 0:g}",
+            _arrow(old_t.auto_share, new_t.auto_share, pct=True)
+            + f"\n≈ {new_t.auto_per_day:.0f} of {recent.items_per_day:.0f} items a day",
+        ),
+        _field(f"Accuracy ({measured})", _arrow(old_h.accuracy, new_h.accuracy, pct=True)),
+        _field("Macro-F1", _arrow(old_h.macro_f1, new_h.macro_f1)),
+        _field("Calibration error (ECE)", _arrow(old_h.ece, new_h.ece)),
+    ]
+
+
+def _movers_section(report: RetrainReport) -> Block | None:
+    lines = [
+        f"{icon} {escape(_fit(move.label, _MOVER_LABEL_LIMIT))}: F1 {move.old:.2f} → {move.new:.2f}"
+        for moves, icon in (
+            (report.movers.gains, ":arrow_up:"),
+            (report.movers.losses, ":arrow_down:"),
+        )
+        for move in moves[:_MOVERS_SHOWN]
+    ]
+    if not lines:
+        return None
+    return _section("*Labels that moved most*\n" + "\n".join(lines))
+
+
+def report_blocks(report: RetrainReport) -> Message:
+    """The retrain report: headline, what changed for the team, the evidence, the decision."""
+    headline = escape(_fit(report.headline, _HEADLINE_LIMIT))
+    icon = _REPORT_ICONS.get(report.status, ":bar_chart:")
+    blocks: list[Block] = [
+        _header(f"Retrain: {_fit(report.task, 100)}"),
+        _section(f"{icon} *{headline}*"),
+    ]
+    if not report.has_figures:
+        return {"text": f"{_task(report.task)}: {headline}", "blocks": blocks}
+    blocks.append(_fields_section(_report_fields(report)))
+    movers = _movers_section(report)
+    if movers is not None:
+        blocks.append(movers)
+    notes = []
+    if report.queue_resolved:
+        notes.append(f"{report.queue_resolved:,} waiting items were resolved by the new model.")
+    if report.reason:
+        notes.append(f"Decision: {escape(_fit(report.reason, _REASON_LIMIT))}.")
+    if notes:
+        blocks.append(_context(_mrkdwn(" ".join(notes))))
+    summary = "; ".join(report_lines(report)[:3])
+    return {"text": escape(_fit(summary, SECTION_TEXT_LIMIT)), "blocks": blocks}

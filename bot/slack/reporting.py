@@ -8,9 +8,10 @@ from slack_sdk.errors import SlackApiError
 
 from bot.report import format_report_text, render_chart
 from bot.review import item_view
+from bot.slack.blocks import report_blocks
 from bot.slack.context import SlackDeps
 from bot.slack.messages import message_for
-from bot.slack.report_blocks import report_blocks
+from bot.states import RunStatus
 from bot.tasks import get_task
 from bot.training import RetrainResult, version_history
 
@@ -30,22 +31,22 @@ def publish_result(
                 text=format_report_text(report), response_type="ephemeral", replace_original=False
             )
         return
-    if result.status == "skipped" and not deps.services.settings.report_skips:
+    if result.status == RunStatus.SKIPPED and not deps.services.settings.report_skips:
         return
     try:
         deps.client.chat_postMessage(channel=result.channel, **report_blocks(report))
     except SlackApiError:
         logger.exception("could not post the report of %s", result.task)
         return
-    if result.status in ("promoted", "kept"):
+    if result.status in (RunStatus.PROMOTED, RunStatus.KEPT):
         with deps.services.sessions.begin() as session:
             history = version_history(session, get_task(session, result.task))
         try:
             deps.client.files_upload_v2(
                 channel=result.channel,
                 content=render_chart(report, history),
-                filename=f"{result.task}-v{report.get('new_version')}.png",
-                title=f"{result.task}: model v{report.get('new_version')}",
+                filename=f"{result.task}-v{report.new_version}.png",
+                title=f"{result.task}: model v{report.new_version}",
             )
         except SlackApiError:
             logger.exception("could not upload the chart of %s", result.task)

@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 from slack_sdk.models.blocks import Block
 
+from bot.report import LabelMove, Movers, RetrainReport
 from bot.slack import blocks, ids
+from bot.states import RunStatus
+from tests.bot.test_report import sample_report
 
 # Slack's documented limits (Block Kit reference), written out here rather than imported from
 # the module under test.
@@ -479,6 +482,8 @@ def stats(**changes: Any) -> blocks.StatsView:
         "review_queue": 7,
         "answers_today": 3,
         "answers_7d": 41,
+        "labels_stored": 1052,
+        "labels_breakdown": "52 from Slack by 3 people, 1000 imported",
         "median_answer_seconds": 250.0,
         "top_reviewers": (("U1", 20), ("U2", 9)),
         "model_version": 8,
@@ -504,6 +509,7 @@ def test_stats_blocks_show_the_figures() -> None:
         "*Items*\n12 today\n1,530 in 7 days",
         "*Automatic (7 days)*\n64 %",
         "*Answers*\n3 today\n41 in 7 days",
+        "*Labels stored*\n1,052: 52 from Slack by 3 people, 1000 imported",
         "*Median answer time*\n4 min",
         "*Model*\nv8",
         "*Accuracy*\n91 %",
@@ -620,3 +626,68 @@ def test_ephemeral_text_is_one_section() -> None:
         ],
     }
     assert_valid(blocks.ephemeral_text("x" * 5000)["blocks"])
+
+
+# --- retrain report ---------------------------------------------------------------------------
+
+
+def test_report_message_shows_the_figures_within_slack_limits() -> None:
+    message = blocks.report_blocks(sample_report())
+    assert_valid(message["blocks"])
+    shown = all_text(message)
+    for figure in (
+        "model v7 → v8 promoted",
+        "0.710 → 0.780",
+        "+0.07",
+        "41% → 55%",
+        "81% → 86%",
+        "holdout of 300",
+        "120\n100 from Slack by 4 people\n20 imported",
+        "12 waiting items",
+    ):
+        assert figure in shown, figure
+    assert message["blocks"][0]["text"]["text"] == "Retrain: tickets <&>"  # plain text: literal
+    assert "refund &lt;b&gt;" in shown and "<b>" not in shown
+    assert message["text"].startswith("model v7 → v8 promoted; new labels since the last model")
+
+
+@pytest.mark.parametrize("status", [RunStatus.FAILED, RunStatus.SKIPPED, RunStatus.COLD])
+def test_reports_without_figures_are_the_headline_alone(status: RunStatus) -> None:
+    report = RetrainReport("t <x>", status, f"t <x>: {status.value}")
+    message = blocks.report_blocks(report)
+    assert_valid(message["blocks"])
+    assert len(message["blocks"]) == 2
+    assert message["text"] == f"t &lt;x&gt;: t &lt;x&gt;: {status.value}"
+
+
+@pytest.mark.parametrize("unit", ["&", "<", ">", "&<>", "a&"])
+def test_report_text_full_of_entities_is_cut_between_entities(unit: str) -> None:
+    """Labels, headline and reason far past every budget: cut before escaping, never inside."""
+    long = unit * 4000
+    report = sample_report(
+        headline=long,
+        reason=long,
+        movers=Movers(
+            gains=tuple(LabelMove(long + str(i), 0.1, 0.9) for i in range(3)),
+            losses=tuple(LabelMove(str(i) + long, 0.9, 0.1) for i in range(3)),
+        ),
+    )
+    message = blocks.report_blocks(report)
+    assert_valid(message["blocks"])  # every mrkdwn text inert: a split `&amp;` leaves a bare `&`
+    mrkdwn = [t["text"] for t in text_objects(message["blocks"]) if t["type"] == "mrkdwn"]
+    for text in [message["text"], *mrkdwn]:
+        assert not re.search(r"&(?!amp;|lt;|gt;)", text), text[-40:]
+    movers = next(
+        b for b in message["blocks"] if "Labels that moved" in b.get("text", {}).get("text", "")
+    )
+    assert movers["text"]["text"].count("F1 ") == 6  # every mover kept its figures
+    cut = [text for text in mrkdwn if blocks.escape(unit) * 3 in text]
+    assert len(cut) == 3 and all("…" in text for text in cut)  # headline, movers, reason
+
+
+def test_section_backstop_never_splits_an_entity() -> None:
+    escaped = blocks.escape("&" * 3000)
+    section = blocks._section(escaped)
+    text = section["text"]["text"]
+    assert text.endswith("…") and len(text) <= SECTION_TEXT
+    assert text[:-1] == "&amp;" * ((len(text) - 1) // 5)
