@@ -2,12 +2,15 @@
 
 import json
 import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TextIO, TypeVar
 
 import typer
+import typer.core
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
@@ -17,23 +20,76 @@ from bot.errors import BadInputError, HitlError, NotFoundError
 from bot.export import export_format, export_rows, write_export
 from bot.ingest import parse_csv, read_source
 from bot.report import format_report_text
-from bot.routing import submit
+from bot.routing import Routed, submit
 from bot.services import Services, build_services
 from bot.settings import Settings
 from bot.stats import task_stats
 from bot.storage.db import upgrade
-from bot.training import latest_run, retrain_task
+from bot.storage.schema import utcnow
+from bot.training import latest_report, retrain_task
+from model.features import DEFAULT_FEATURIZER, FEATURIZERS
+
+
+def examples(*lines: str) -> str:
+    """A help epilog listing example command lines, kept as written (no rewrapping)."""
+    # "\b" on a line of its own tells click to print the next paragraph as it is.
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+_HELP_OPTIONS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(
-    help="hitl: a human-in-the-loop text classifier that lives in Slack.",
+    help="hitl: a human-in-the-loop text classifier that lives in Slack.\n\n"
+    "Start with `hitl demo` (no Slack account needed), or create a task, import labelled "
+    "examples, retrain and submit new items. `hitl COMMAND --help` explains each command.",
+    epilog=examples(
+        "hitl demo",
+        "hitl task create tickets --labels billing,bug,feature --channel C0123ABCD",
+        "hitl import tickets labelled.csv",
+        "hitl retrain tickets",
+        "hitl submit tickets new.csv --json",
+        "hitl stats tickets",
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
+    context_settings=_HELP_OPTIONS,
+    # Plain help, not rich markup: rich would drop text in [brackets] and reflow the examples.
+    rich_markup_mode=None,
 )
-task_app = typer.Typer(help="Create and inspect tasks.", no_args_is_help=True)
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+task_app = typer.Typer(
+    help="Create, inspect and change tasks.\n\n"
+    "A task is an ordered label set, a Slack review channel and a confidence threshold.",
+    epilog=examples(
+        "hitl task create tickets --labels billing,bug,feature --channel C0123ABCD",
+        "hitl task list",
+        "hitl task labels tickets --add refund",
+    ),
+    no_args_is_help=True,
+    context_settings=_HELP_OPTIONS,
+    rich_markup_mode=None,
+)
+db_app = typer.Typer(
+    help="Database schema.",
+    epilog=examples("hitl db upgrade"),
+    no_args_is_help=True,
+    context_settings=_HELP_OPTIONS,
+    rich_markup_mode=None,
+)
 app.add_typer(task_app, name="task")
 app.add_typer(db_app, name="db")
+
+TaskName = Annotated[
+    str, typer.Argument(metavar="NAME", help="The task's name; `hitl task list` shows them.")
+]
+if TYPE_CHECKING:
+    FeaturizerName = str
+else:
+    # A Literal of the registered names: --help lists them and typer refuses any other.
+    FeaturizerName = Literal[tuple(FEATURIZERS)]
+ExportFormat = Literal["csv", "jsonl"]
+CHUNK_ROWS = 2000  # rows per import/submit call inside the one transaction; paces the bar
+_Row = TypeVar("_Row")
 
 
 @cache
@@ -47,7 +103,72 @@ def echo_json(value: Any) -> None:
     typer.echo(json.dumps(value, ensure_ascii=False, default=str))
 
 
-@db_app.command("upgrade")
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+@contextmanager
+def progress_bar(total: int, *, label: str) -> Iterator[Callable[[int], None]]:
+    """Yield `advance(n)`, drawing a bar on stderr only when stderr is a terminal.
+
+    Pipes, files and CI logs get nothing, and stdout never does, so `--json` stays pure JSON.
+    """
+    stream = sys.stderr
+    if not _is_terminal(stream):
+        yield lambda steps: None
+        return
+    # Redraw at most ~500 times however many rows there are.
+    with typer.progressbar(
+        length=total, label=label, file=stream, update_min_steps=max(1, total // 500)
+    ) as bar:
+        yield bar.update
+
+
+@contextmanager
+def stage_progress(label: str) -> Iterator[Callable[[str], None]]:
+    """Yield `show(stage)`, keeping the current stage on one stderr line when it is a terminal.
+
+    Meant for `retrain_task(..., progress=show)`, which names stages such as "training".
+    """
+    stream = sys.stderr
+    if not _is_terminal(stream):
+        yield lambda stage: None
+        return
+    started = time.monotonic()
+
+    def show(stage: str) -> None:
+        stream.write(f"\r\x1b[K{label}: {stage}… ({time.monotonic() - started:.0f} s)")
+        stream.flush()
+
+    finished = False
+    try:
+        yield show
+        finished = True
+    finally:
+        # On failure only clear the line, so that the error message starts clean.
+        done = f"{label}: done in {time.monotonic() - started:.0f} s\n" if finished else ""
+        stream.write(f"\r\x1b[K{done}")
+        stream.flush()
+
+
+def _chunks(rows: list[_Row], size: int) -> Iterator[list[_Row]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def _advancing(rows: Iterable[_Row], advance: Callable[[int], None]) -> Iterator[_Row]:
+    for row in rows:
+        yield row
+        advance(1)
+
+
+@db_app.command(
+    "upgrade",
+    epilog=examples("hitl db upgrade", "HITL_DATABASE_URL=sqlite:///x.db hitl db upgrade"),
+)
 def db_upgrade() -> None:
     """Create or upgrade the schema (also done automatically at start)."""
     svc = build_services(Settings(), migrate=False)
@@ -55,20 +176,45 @@ def db_upgrade() -> None:
     typer.echo("database schema is up to date")
 
 
-@task_app.command("create")
+@task_app.command(
+    "create",
+    epilog=examples(
+        "hitl task create tickets --labels billing,bug,feature --channel C0123ABCD",
+        "hitl task create reviews --labels-file labels.txt --threshold 85%",
+    ),
+)
 def task_create(
-    name: str,
-    labels: Annotated[str | None, typer.Option(help="Comma-separated labels, in order.")] = None,
+    name: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME",
+            help="Name of the new task: up to 80 letters, digits, '_', '-' or '.'.",
+        ),
+    ],
+    labels: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated labels, in the order the review buttons show them."),
+    ] = None,
     labels_file: Annotated[
-        Path | None, typer.Option(help="A UTF-8 file with one label per line.")
+        Path | None,
+        typer.Option(help="A UTF-8 file with one label per line (for labels with commas)."),
     ] = None,
     channel: Annotated[
-        str | None, typer.Option(help="Slack channel ID for review prompts.")
+        str | None,
+        typer.Option(
+            help="Slack channel ID (C…) for review prompts; set later with `hitl task channel`."
+        ),
     ] = None,
     threshold: Annotated[
-        str | None, typer.Option(help="Confidence needed to accept automatically (0-1].")
+        str | None,
+        typer.Option(
+            help="Confidence needed to accept a prediction automatically: above 0, at most 1 "
+            "(0.8 or 80%). Default: HITL_DEFAULT_THRESHOLD, 0.8."
+        ),
     ] = None,
-    features: Annotated[str, typer.Option(help="Featurizer for this task's model.")] = "tfidf",
+    features: Annotated[
+        FeaturizerName, typer.Option(help="Featurizer for this task's model.")
+    ] = DEFAULT_FEATURIZER,
 ) -> None:
     """Create a task with an ordered label set."""
     if (labels is None) == (labels_file is None):
@@ -90,8 +236,16 @@ def task_create(
         )
 
 
-@task_app.command("list")
-def task_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+@task_app.command("list", epilog=examples("hitl task list", "hitl task list --json"))
+def task_list(
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON array of {name, labels (count), threshold, channel}.",
+        ),
+    ] = False,
+) -> None:
     """List tasks."""
     with services().sessions.begin() as session:
         found = task_ops.list_tasks(session)
@@ -116,8 +270,19 @@ def task_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         )
 
 
-@task_app.command("show")
-def task_show(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+@task_app.command(
+    "show", epilog=examples("hitl task show tickets", "hitl task show tickets --json")
+)
+def task_show(
+    name: TaskName,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON object: name, labels, channel, threshold, features, created_at.",
+        ),
+    ] = False,
+) -> None:
     """Show a task's settings and labels."""
     with services().sessions.begin() as session:
         task = task_ops.get_task(session, name)
@@ -137,49 +302,180 @@ def task_show(name: str, as_json: Annotated[bool, typer.Option("--json")] = Fals
         typer.echo(f"{key}: {shown if shown is not None else '-'}")
 
 
-@app.command("import")
-def import_command(
-    name: str, file: Annotated[str, typer.Argument(help="CSV with text,label[,id]; - for stdin.")]
+@task_app.command(
+    "channel",
+    epilog=examples(
+        "hitl task channel tickets C0123ABCD",
+        "hitl task channel tickets --clear",
+        "hitl task channel tickets",
+    ),
+)
+def task_channel(
+    name: TaskName,
+    channel: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="CHANNEL_ID",
+            help="Slack channel ID (C…, from the channel's details in Slack), or `none` to "
+            "remove it. Leave out to show the current channel.",
+        ),
+    ] = None,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Remove the channel: prompts wait until one is set.")
+    ] = False,
 ) -> None:
-    """Import labelled examples as answers by `import`."""
+    """Show or set a task's Slack review channel.
+
+    Review prompts are posted there; every change is written to the audit log.
+    """
+    if clear and channel is not None:
+        raise BadInputError("give either a CHANNEL_ID or --clear, not both")
+    new = None if clear or (channel or "").strip().lower() == "none" else channel
+    with services().sessions.begin() as session:
+        task = task_ops.get_task(session, name, lock=True)
+        old = task.channel
+        if channel is None and not clear:
+            typer.echo(old or "none")
+            return
+        task_ops.set_channel(session, task, new, actor=_actor())
+        typer.echo(f"{name}: channel {old or 'none'} → {task.channel or 'none'}")
+
+
+@task_app.command(
+    "labels",
+    epilog=examples(
+        "hitl task labels tickets",
+        "hitl task labels tickets --add refund --add 'account closure'",
+        "hitl task labels tickets --json",
+    ),
+)
+def task_labels(
+    name: TaskName,
+    add: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--add",
+            metavar="LABEL",
+            help="Append a label (repeat for more). Labels are only ever appended: existing "
+            "ones keep their place, since Slack buttons refer to labels by position.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the task's labels as one JSON array, in order.")
+    ] = False,
+) -> None:
+    """List a task's labels, or append new ones.
+
+    New labels go at the end; every change is written to the audit log.
+    """
+    with services().sessions.begin() as session:
+        task = task_ops.get_task(session, name, lock=bool(add))
+        labels = (
+            task_ops.add_labels(session, task, add, actor=_actor()) if add else list(task.labels)
+        )
+    if as_json:
+        echo_json(labels)
+    elif add:
+        typer.echo(f"{name}: added {', '.join(add)}; {len(labels)} labels now")
+    else:
+        typer.echo("\n".join(labels))
+
+
+@app.command(
+    "import",
+    epilog=examples("hitl import tickets labelled.csv", "cat labelled.csv | hitl import tickets -"),
+)
+def import_command(
+    name: TaskName,
+    file: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE",
+            help="UTF-8 CSV with a header row and columns text,label (and optionally id); "
+            "- reads stdin. A row with a known id records a new answer for that item.",
+        ),
+    ],
+) -> None:
+    """Import labelled examples as answers by `import`.
+
+    The whole file is checked first: a bad row is named by its line and nothing is stored.
+    """
     svc = services()
+    max_chars = svc.settings.max_text_chars
     source, data = read_source(file)
+    created = written = unchanged = 0
     with svc.sessions.begin() as session:
         task = task_ops.get_task(session, name)
-        rows = parse_csv(
-            source,
-            data,
-            require_label=True,
-            labels=task.labels,
-            max_chars=svc.settings.max_text_chars,
-        )
-        outcome = import_examples(session, task, rows, max_chars=svc.settings.max_text_chars)
+        # parse_csv checks the whole file first, so an error names its line before any write;
+        # the chunks share this one transaction, so a later failure still stores nothing.
+        rows = parse_csv(source, data, require_label=True, labels=task.labels, max_chars=max_chars)
+        now = utcnow()
+        with progress_bar(len(rows), label=f"importing into {name}") as advance:
+            for chunk in _chunks(rows, CHUNK_ROWS):
+                outcome = import_examples(session, task, chunk, max_chars=max_chars, now=now)
+                created += outcome.items_created
+                written += outcome.answers_written
+                unchanged += outcome.unchanged
+                advance(len(chunk))
     typer.echo(
-        f"imported {len(rows)} rows into {name!r}: {outcome.items_created} new items, "
-        f"{outcome.answers_written} answers written, {outcome.unchanged} unchanged"
+        f"imported {len(rows)} rows into {name!r}: {created} new items, "
+        f"{written} answers written, {unchanged} unchanged"
     )
 
 
-@app.command("submit")
+@app.command(
+    "submit",
+    epilog=examples(
+        "hitl submit tickets new.csv",
+        "hitl submit tickets new.csv --json > routed.jsonl",
+    ),
+)
 def submit_command(
-    name: str,
-    file: Annotated[str, typer.Argument(help="CSV with text[,id]; - for stdin.")],
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per item.")] = False,
+    name: TaskName,
+    file: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE",
+            help="UTF-8 CSV with a header row and a text column (and optionally id); "
+            "- reads stdin. An id sent before with the same text returns the stored result.",
+        ),
+    ],
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON object per item, one per line: item_id, id, label, "
+            "confidence, route (auto or review), model_version, duplicate.",
+        ),
+    ] = False,
 ) -> None:
-    """Classify unlabelled items and route them by confidence."""
+    """Classify new items and route them by confidence.
+
+    Items the model is sure of (confidence at or above the task's threshold) are labelled
+    automatically; the rest go to the task's Slack channel for a person to answer.
+    """
     svc = services()
+    max_chars = svc.settings.max_text_chars
     source, data = read_source(file)
-    rows = parse_csv(source, data, require_label=False, max_chars=svc.settings.max_text_chars)
+    # parse_csv checks the whole batch (check_batch), so an id used twice in the file is refused
+    # even when its two rows would land in different chunks.
+    rows = parse_csv(source, data, require_label=False, max_chars=max_chars)
+    results: list[Routed] = []
     with svc.sessions.begin() as session:
         task = task_ops.get_task(session, name)
-        results = submit(
-            session,
-            task,
-            rows,
-            registry=svc.registry,
-            max_chars=svc.settings.max_text_chars,
-            source="cli",
-        )
+        now = utcnow()
+        with progress_bar(len(rows), label=f"submitting to {name}") as advance:
+            for chunk in _chunks(rows, CHUNK_ROWS):
+                results += submit(
+                    session,
+                    task,
+                    chunk,
+                    registry=svc.registry,
+                    max_chars=max_chars,
+                    source="cli",
+                    now=now,
+                )
+                advance(len(chunk))
         threshold = task.threshold
     if as_json:
         for result in results:
@@ -196,58 +492,87 @@ def submit_command(
     )
 
 
-@app.command("retrain")
+@app.command(
+    "retrain", epilog=examples("hitl retrain tickets", "hitl retrain tickets --force --json")
+)
 def retrain_command(
-    name: str,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    name: TaskName,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help='One JSON object: {"status", "version", "old_version", "report"}; the report '
+            "in the same form as `hitl report --json`.",
+        ),
+    ] = False,
     force: Annotated[bool, typer.Option(help="Train even without new answers.")] = False,
 ) -> None:
     """Run the retrain job now: train, compare with the active model, promote if no worse."""
     svc = services()
-    result = retrain_task(
-        svc.sessions,
-        name,
-        registry=svc.registry,
-        settings=svc.settings,
-        trigger="cli",
-        force=force,
-    )
+    with stage_progress(f"retraining {name}") as show:
+        result = retrain_task(
+            svc.sessions,
+            name,
+            registry=svc.registry,
+            settings=svc.settings,
+            trigger="cli",
+            force=force,
+            progress=show,
+        )
     if as_json:
         echo_json(
             {
-                "status": result.status,
+                "status": result.status.value,
                 "version": result.version,
                 "old_version": result.old_version,
-                "report": result.report,
+                "report": result.report.to_json(),
             }
         )
         return
     typer.echo(format_report_text(result.report))
 
 
-@app.command("report")
+@app.command(
+    "report", epilog=examples("hitl report tickets", "hitl report tickets --version 3 --json")
+)
 def report_command(
-    name: str,
+    name: TaskName,
     version: Annotated[int | None, typer.Option(help="The run that produced model vN.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="The stored report as one JSON object (status, headline, new_labels, holdout, "
+            "recent, movers, reason…).",
+        ),
+    ] = False,
 ) -> None:
     """Show the latest retrain report of a task (or the one that produced --version N)."""
     with services().sessions.begin() as session:
         task = task_ops.get_task(session, name)
-        run = latest_run(session, task, version=version)
-        if run is None or run.report is None:
+        report = latest_report(session, task, version=version)
+        if report is None:
             which = f" for model v{version}" if version else ""
             raise NotFoundError(f"no retrain report{which} for {name!r}; run `hitl retrain {name}`")
-        report = dict(run.report)
     if as_json:
-        echo_json(report)
+        echo_json(report.to_json())
         return
     typer.echo(format_report_text(report))
 
 
-@app.command("stats")
-def stats_command(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Items, routing, answers, queue and the active model of a task."""
+@app.command("stats", epilog=examples("hitl stats tickets", "hitl stats tickets --json"))
+def stats_command(
+    name: TaskName,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object: items, auto, review, review_queue, labels_by_source "
+            "(slack, import, spot_check, total, people), model_version, model_metrics…",
+        ),
+    ] = False,
+) -> None:
+    """Items, routing, stored labels by source, queue and the active model of a task."""
     with services().sessions.begin() as session:
         stats = task_stats(session, task_ops.get_task(session, name))
     if as_json:
@@ -265,16 +590,32 @@ def stats_command(name: str, as_json: Annotated[bool, typer.Option("--json")] = 
         f"task {stats.task}: threshold {stats.threshold:g}, model {model}\n"
         f"items {stats.items}: {stats.auto} auto ({share}), {stats.review} review, "
         f"{stats.review_queue} waiting\n"
-        f"answers by people {stats.answers} (7 days: {stats.answers_7d}); imported {stats.imported}"
+        + f"labels stored {stats.label_counts.total}: {stats.label_counts.breakdown()}"
+        + f" (Slack answers in 7 days: {stats.answers_7d:,})"
     )
 
 
-@app.command("threshold")
+@app.command(
+    "threshold",
+    epilog=examples(
+        "hitl threshold tickets", "hitl threshold tickets 0.85", "hitl threshold tickets 85%"
+    ),
+)
 def threshold_command(
-    name: str,
-    value: Annotated[str | None, typer.Argument(help="New threshold, 0 < value ≤ 1.")] = None,
+    name: TaskName,
+    value: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="VALUE",
+            help="New threshold, above 0 and at most 1 (0.85 or 85%). Leave out to show it.",
+        ),
+    ] = None,
 ) -> None:
-    """Show or set a task's confidence threshold (changes are audited)."""
+    """Show or set a task's confidence threshold.
+
+    Lower means less work for people and more wrong automatic labels; `hitl stats` shows both
+    sides. Every change is written to the audit log.
+    """
     with services().sessions.begin() as session:
         task = task_ops.get_task(session, name, lock=value is not None)
         if value is None:
@@ -284,26 +625,51 @@ def threshold_command(
         typer.echo(f"{name}: threshold {old:g} → {task.threshold:g}")
 
 
-@app.command("export")
+@app.command(
+    "export",
+    epilog=examples(
+        "hitl export tickets results.csv",
+        "hitl export tickets - --format jsonl | head",
+    ),
+)
 def export_command(
-    name: str,
-    file: Annotated[str, typer.Argument(help="Output .csv or .jsonl; - for stdout.")],
-    fmt: Annotated[str | None, typer.Option("--format", help="csv or jsonl")] = None,
+    name: TaskName,
+    file: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE",
+            help="Output file, .csv or .jsonl (the format follows the name unless --format is "
+            "given); - writes stdout. Written in full or not at all.",
+        ),
+    ],
+    fmt: Annotated[
+        ExportFormat | None,
+        typer.Option("--format", help="Output format; needed for - or other file names."),
+    ] = None,
 ) -> None:
-    """Write every item with its final label and who (model or person) gave it."""
+    """Export every item with its final label.
+
+    Each row also says who gave the label (model or person), the model's prediction and its
+    confidence.
+    """
     chosen = export_format(file, fmt)
     with services().sessions.begin() as session:
         task = task_ops.get_task(session, name)
-        if file == "-":
-            count = write_export(export_rows(session, task), sys.stdout, fmt=chosen)
-        else:
-            with _atomic_write(Path(file)) as out:
-                count = write_export(export_rows(session, task), out, fmt=chosen)
+        total = task_ops.item_count(session, task)
+        with progress_bar(total, label=f"exporting {name}") as advance:
+            rows = _advancing(export_rows(session, task), advance)
+            if file == "-":
+                count = write_export(rows, sys.stdout, fmt=chosen)
+            else:
+                with _atomic_write(Path(file)) as out:
+                    count = write_export(rows, out, fmt=chosen)
     if file != "-":
         typer.echo(f"exported {count} items to {file}", err=True)
 
 
-@app.command("demo")
+@app.command(
+    "demo", epilog=examples("hitl demo", "hitl demo --items 200 --noise 0.1 --db /tmp/demo.db")
+)
 def demo_command(
     items: Annotated[int, typer.Option(min=20, max=750, help="Items to stream in.")] = 600,
     seed_per_label: Annotated[
@@ -316,9 +682,15 @@ def demo_command(
         float,
         typer.Option(min=1.0, max=100.0, help="Messages per second the stand-in allows."),
     ] = 20.0,
+    db: Annotated[
+        Path,
+        typer.Option(
+            "--db", help="SQLite file the demo leaves behind (replaced), chart beside it."
+        ),
+    ] = Path("hitl-demo.db"),
 ) -> None:
     """Run the whole loop with a Slack stand-in and simulated reviewers; no Slack account needed."""
-    from bot.demo import run_demo
+    from bot.demo.run import run_demo
 
     typer.echo(
         "hitl demo: BANKING77 subset (CC BY 4.0, Casanueva et al. 2020), a Slack stand-in on "
@@ -333,7 +705,12 @@ def demo_command(
             seen[0] = max(seen[0], done)
 
         summary = run_demo(
-            items=items, seed_per_label=seed_per_label, noise=noise, rate=rate, progress=progress
+            database=db,
+            items=items,
+            seed_per_label=seed_per_label,
+            noise=noise,
+            rate=rate,
+            progress=progress,
         )
         bar.update(items - seen[0])
 
@@ -348,19 +725,34 @@ def demo_command(
         f"answers from reviewers: {summary.answers} ({summary.wrong_answers} deliberately wrong)\n"
         f"model before: v{summary.version_before} (accuracy {pct(summary.accuracy_before)}); "
         f"after: v{summary.version_after} (accuracy {pct(summary.accuracy_after)})\n"
-        f"took {summary.seconds:.0f} s\n\n--- retrain report ---\n{summary.report}"
+        f"took {summary.seconds:.0f} s\n\n--- retrain report ---\n{summary.report}\n\n"
+        f"database: {summary.database}; chart of the last retrain: {summary.chart}\n"
+        "explore it:\n" + "\n".join(f"  {line}" for line in summary.explore_commands())
     )
 
 
-@app.command("serve")
+@app.command(
+    "serve",
+    epilog=examples(
+        "hitl serve --port 3000",
+        "SLACK_APP_TOKEN=xapp-... hitl serve --socket",
+    ),
+)
 def serve_command(
     socket: Annotated[
         bool, typer.Option("--socket", help="Use Socket Mode (also when SLACK_APP_TOKEN is set).")
     ] = False,
-    host: Annotated[str | None, typer.Option(help="Default HITL_HOST.")] = None,
-    port: Annotated[int | None, typer.Option(help="Default HITL_PORT.")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on. Default: HITL_HOST, 0.0.0.0.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on. Default: HITL_PORT, 3000.")
+    ] = None,
 ) -> None:
-    """Run the bot: Slack requests, the items API, the prompt poster and the nightly retrain."""
+    """Run the bot: Slack, the items API and the jobs.
+
+    Serves Slack requests and the items API, posts review prompts and retrains nightly.
+    """
     import logging
     import signal
     import threading
@@ -409,11 +801,53 @@ def _actor() -> str:
         return "cli"
 
 
+@cache
+def _click_exceptions() -> dict[str, tuple[Any, ...]]:
+    """Usage-error, abort and exit classes of the click that typer runs on, and of real click.
+
+    typer vendors its own copy of click (`typer._click`, since 0.2x), whose exceptions are not
+    `click`'s; an `except click.UsageError` would miss them, so both are looked up.
+    """
+    modules: list[Any] = [getattr(typer.core, "_click", None), getattr(typer.core, "click", None)]
+    try:
+        import click
+
+        modules.append(click)
+    except ImportError:  # typer without the real click installed
+        pass
+    found: dict[str, list[Any]] = {
+        name: [] for name in ("NoArgsIsHelpError", "UsageError", "ClickException", "Abort", "Exit")
+    }
+    found["Abort"].append(typer.Abort)
+    found["Exit"].append(typer.Exit)
+    for module in modules:
+        for name, classes in found.items():
+            cls = getattr(getattr(module, "exceptions", None), name, None)
+            if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in classes:
+                classes.append(cls)
+    return {name: tuple(classes) for name, classes in found.items()}
+
+
+def _usage_error(exc: Any) -> str:
+    """'error: …', then the usage line and where to read more."""
+    message = str(exc.format_message()).removesuffix(".")
+    lines = [f"error: {message[:1].lower()}{message[1:]}"]
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        lines.append(ctx.get_usage())
+        if ctx.command.get_help_option(ctx) is not None:
+            names = ctx.help_option_names
+            option = "--help" if "--help" in names else names[0]
+            lines.append(f"Try '{ctx.command_path} {option}' for help.")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
     """Entry point: run the CLI and turn user errors into one line and an exit code."""
     err = stderr or sys.stderr
+    click_errors = _click_exceptions()
     try:
-        app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False, prog_name="hitl")
     except HitlError as exc:
         print(f"error: {exc}", file=err)
         return exc.exit_code
@@ -426,16 +860,25 @@ def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
     except OperationalError as exc:
         print(f"error: database unavailable: {exc.orig}", file=err)
         return 1
-    except typer.Abort:
+    except click_errors["NoArgsIsHelpError"] as exc:  # `hitl` or `hitl task` alone
+        # Plain help arrives as the message; rich help would already be on stdout.
+        if help_text := exc.format_message():
+            typer.echo(help_text)
+        return 2
+    except click_errors["UsageError"] as exc:
+        print(_usage_error(exc), file=err)
+        return 2
+    except click_errors["ClickException"] as exc:
+        print(f"error: {exc.format_message()}", file=err)
+        return int(exc.exit_code)
+    except click_errors["Abort"]:
+        print("aborted", file=err)
         return 1
-    except Exception as exc:  # click's usage errors arrive here when standalone_mode is off
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show(file=err)
-            return exc.exit_code
-        raise
-    return 0
+    except click_errors["Exit"] as exc:
+        return int(exc.exit_code)
+    # Without standalone mode, typer returns the code of an exit such as --help's (or 130 for
+    # Ctrl-C); commands themselves return None.
+    return result if isinstance(result, int) else 0
 
 
 def run() -> None:

@@ -1,15 +1,16 @@
-"""Tasks: creating them, finding them, and changing their threshold with an audit trail."""
+"""Tasks: creating them, finding them, and changing their settings with an audit trail."""
 
+import json
 import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bot.errors import BadInputError, ConflictError, NotFoundError
-from bot.storage.schema import AuditLog, Task
+from bot.storage.schema import AuditLog, Item, Task
 from model.features import FEATURIZERS
 
 MAX_LABEL_CHARS = 200
@@ -21,6 +22,16 @@ _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,30}$")
 def parse_labels(raw: str | Sequence[str]) -> list[str]:
     """Validate a label set given as "a,b,c" or a sequence; order is kept."""
     parts = raw.split(",") if isinstance(raw, str) else list(raw)
+    labels = _checked_labels(parts)
+    if len(labels) < 2:
+        raise BadInputError("a task needs at least two labels")
+    if len(labels) > MAX_LABELS:
+        raise BadInputError(f"a task can have at most {MAX_LABELS} labels")
+    return labels
+
+
+def _checked_labels(parts: Sequence[str]) -> list[str]:
+    """Stripped labels, refusing empty, over-long and doubled ones."""
     labels = [part.strip() for part in parts]
     if any(not label for label in labels):
         raise BadInputError("labels must not be empty (check for a doubled or trailing comma)")
@@ -31,10 +42,6 @@ def parse_labels(raw: str | Sequence[str]) -> list[str]:
     doubled = [label for label in labels if label in seen or seen.add(label)]  # type: ignore[func-returns-value]
     if doubled:
         raise BadInputError(f"label {doubled[0]!r} is given twice")
-    if len(labels) < 2:
-        raise BadInputError("a task needs at least two labels")
-    if len(labels) > MAX_LABELS:
-        raise BadInputError(f"a task can have at most {MAX_LABELS} labels")
     return labels
 
 
@@ -65,7 +72,7 @@ def parse_threshold(raw: str | float) -> float:
 
 def validate_task_name(name: str) -> str:
     """Task names are one word: letters, digits, '_', '-', '.'; up to 80 characters."""
-    if not _TASK_NAME.match(name):
+    if not _TASK_NAME.fullmatch(name):
         raise BadInputError(
             f"task name {name!r} is not valid; use up to 80 letters, digits, '_', '-' or '.'"
         )
@@ -76,7 +83,7 @@ def validate_channel(channel: str | None) -> str | None:
     """A Slack channel ID such as C0123ABCD, or None."""
     if channel is None or channel == "":
         return None
-    if not _CHANNEL_ID.match(channel):
+    if not _CHANNEL_ID.fullmatch(channel):
         raise BadInputError(
             f"channel {channel!r} is not a Slack channel ID; copy the ID (C…) "
             "from the channel's details in Slack"
@@ -121,20 +128,29 @@ def create_task(
 
 def get_task(session: Session, name: str, *, lock: bool = False) -> Task:
     """The task called `name`, or a NotFoundError that lists the known ones."""
-    query = select(Task).where(Task.name == name)
-    if lock:
-        query = query.with_for_update()
-    task = session.scalar(query)
+    # Only valid names were ever stored; anything else (a NUL, which PostgreSQL cannot even
+    # compare, or a 10 kB string) is unknown without asking the database.
+    task = None
+    if _TASK_NAME.fullmatch(name):
+        query = select(Task).where(Task.name == name)
+        if lock:
+            query = query.with_for_update()
+        task = session.scalar(query)
     if task is None:
         known = session.scalars(select(Task.name).order_by(Task.name).limit(20)).all()
         hint = f"known tasks: {', '.join(known)}" if known else "create one with `hitl task create`"
-        raise NotFoundError(f"no task named {name!r}; {hint}")
+        raise NotFoundError(f"no task named {name[:80]!r}; {hint}")
     return task
 
 
 def list_tasks(session: Session) -> list[Task]:
     """All tasks, by name."""
     return list(session.scalars(select(Task).order_by(Task.name)))
+
+
+def item_count(session: Session, task: Task) -> int:
+    """How many items a task holds."""
+    return session.scalar(select(func.count()).where(Item.task_id == task.id)) or 0
 
 
 def set_threshold(session: Session, task: Task, value: str | float, *, actor: str) -> float:
@@ -163,6 +179,37 @@ def set_channel(session: Session, task: Task, channel: str | None, *, actor: str
         )
     )
     task.channel = new
+
+
+def add_labels(session: Session, task: Task, new_labels: Sequence[str], *, actor: str) -> list[str]:
+    """Append labels to a task, audited; returns the whole label set.
+
+    Append only: Slack buttons carry a label's position, so existing labels never move.
+    """
+    added = _checked_labels(new_labels)
+    if not added:
+        raise BadInputError("give at least one label to add, e.g. --add refund")
+    known = [label for label in added if label in task.labels]
+    if known:
+        raise BadInputError(f"task {task.name!r} already has the label {known[0]!r}")
+    old = list(task.labels)
+    if len(old) + len(added) > MAX_LABELS:
+        raise BadInputError(
+            f"a task can have at most {MAX_LABELS} labels; {task.name!r} has {len(old)}, "
+            f"so at most {MAX_LABELS - len(old)} more fit"
+        )
+    # A new list, not an in-place append: the JSON column only notices assignment.
+    task.labels = [*old, *added]
+    session.add(
+        AuditLog(
+            task_id=task.id,
+            actor=actor,
+            field="labels",
+            old_value=json.dumps(old, ensure_ascii=False),
+            new_value=json.dumps(task.labels, ensure_ascii=False),
+        )
+    )
+    return list(task.labels)
 
 
 def audit_trail(session: Session, task: Task) -> list[AuditLog]:
