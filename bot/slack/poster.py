@@ -5,6 +5,12 @@ second per channel). A 429 pauses that channel for its Retry-After; server and c
 errors back off exponentially. Prompts of one channel go out in the order they were queued:
 while the oldest cannot be sent, the ones behind it wait. Delivery is at least once: a process
 killed between Slack's reply and our write re-sends that one prompt after a restart.
+
+Time is injected, as stamina does for retries: `clock` (seconds, for pacing and backoff), `now`
+(the outbox's timestamps) and `wait` (the pause between rounds). In production the pause is a
+wait on an event that new items and `stop()` cut short; a test passes a fake clock whose `wait`
+just moves time on, and steps the poster with `step()`: a 429 storm and a minute-long outage
+then take milliseconds.
 """
 
 import http.client
@@ -13,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from slack_sdk import WebClient
@@ -29,6 +36,9 @@ logger = logging.getLogger(__name__)
 _FIXABLE = {"channel_not_found", "not_in_channel", "is_archived", "channel_is_archived"}
 _FIXABLE_RETRY = 300.0
 _MAX_BACKOFF = 60.0
+# With a channel waiting out a delay, look at the outbox at least this often anyway: prompts
+# queued by another process (`hitl submit`) do not wake this one.
+_MAX_PAUSE = 1.0
 
 MessageBuilder = Callable[[ItemView], dict[str, Any]]
 
@@ -41,12 +51,13 @@ class _ChannelState:
 
 @dataclass
 class PosterStats:
-    """Counters for tests and the latency benchmark."""
+    """Counters for tests and the latency benchmark; times and delays are on the poster's clock."""
 
     posted: int = 0
     rate_limited: int = 0
     errors: int = 0
     post_times: list[float] = field(default_factory=list)
+    retry_delays: list[float] = field(default_factory=list)
 
 
 class Poster:
@@ -61,6 +72,8 @@ class Poster:
         min_interval: float = 1.0,
         tick: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utcnow,
+        wait: Callable[[float], object] | None = None,
     ) -> None:
         self._sessions = sessions
         self._client = client
@@ -68,9 +81,11 @@ class Poster:
         self._min_interval = min_interval
         self._tick = tick
         self._clock = clock
+        self._now = now
         self._channels: dict[str, _ChannelState] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._wait = wait or self._wait_for_wake
         self._thread: threading.Thread | None = None
         self.stats = PosterStats()
 
@@ -94,16 +109,32 @@ class Poster:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.run_once()
+                self.step()
             except Exception:  # process boundary: the poster must outlive any one failure
                 logger.exception("poster round failed; retrying")
                 self._stop.wait(1.0)
-            self._wake.wait(self._tick)
-            self._wake.clear()
+
+    def _wait_for_wake(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    def step(self) -> int:
+        """One round, then a pause until a waiting channel may send again; returns posts made."""
+        posted = self.run_once()
+        self._wait(self.pause())
+        return posted
+
+    def pause(self) -> float:
+        """How long to wait before the next round: `tick`, longer while every channel waits."""
+        now = self._clock()
+        waits = [state.ready_at - now for state in self._channels.values() if state.ready_at > now]
+        if not waits:
+            return self._tick
+        return min(max(min(waits), self._tick), _MAX_PAUSE)
 
     def run_once(self) -> int:
         """Send at most one due prompt per ready channel; returns how many were posted."""
-        now = utcnow()
+        now = self._now()
         with self._sessions.begin() as session:
             outbox.release_stale_claims(session, now=now)
             # Only the oldest pending prompt of a channel may go: order within a channel is kept.
@@ -118,7 +149,7 @@ class Poster:
 
     def _claim(self, prompt_id: int) -> ItemView | None:
         with self._sessions.begin() as session:
-            item_id = outbox.claim(session, prompt_id, now=utcnow())
+            item_id = outbox.claim(session, prompt_id, now=self._now())
             return None if item_id is None else item_view(session, item_id)
 
     def _send(self, channel: str, prompt_id: int, state: _ChannelState) -> int:
@@ -143,7 +174,7 @@ class Poster:
                 prompt_id,
                 channel=str(response.get("channel") or channel),
                 ts=str(response.get("ts")),
-                now=utcnow(),
+                now=self._now(),
             )
         self.stats.posted += 1
         self.stats.post_times.append(started)
@@ -172,10 +203,11 @@ class Poster:
         with self._sessions.begin() as session:
             if fatal:
                 logger.error("prompt %d to %s not sendable: %s", prompt_id, channel, reason)
-                outbox.mark_failed(session, prompt_id, reason=reason, now=utcnow())
+                outbox.mark_failed(session, prompt_id, reason=reason, now=self._now())
             else:
+                self.stats.retry_delays.append(delay)
                 logger.warning(
                     "prompt %d to %s delayed %.1fs: %s", prompt_id, channel, delay, reason
                 )
-                outbox.mark_retry(session, prompt_id, reason=reason, delay=delay, now=utcnow())
+                outbox.mark_retry(session, prompt_id, reason=reason, delay=delay, now=self._now())
         return 0

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from bot.demo.standin import ApiCall
 from bot.slack import ids
 from bot.storage.schema import Answer, AuditLog, Item, Task
 from tests.bot.slack.conftest import ADMIN, CHANNEL, Bot, wait_for
@@ -35,6 +36,11 @@ def answers(bot: Bot) -> list[Answer]:
 
 def label_button(message: dict[str, Any], label: str) -> dict[str, Any]:
     return next(b for text, b in buttons(message).items() if text.startswith(label))
+
+
+def updates_of(bot: Bot, ts: str) -> list[ApiCall]:
+    """The chat.update calls the bot made on message `ts`: the last step of handling a click."""
+    return [call for call in bot.slack.calls("chat.update") if call.params.get("ts") == ts]
 
 
 def test_prompt_is_posted_with_label_buttons_and_skip(bot: Bot) -> None:
@@ -82,7 +88,7 @@ def test_same_click_delivered_twice_stores_one_answer(bot: Bot) -> None:
     person = bot.user("U0BEN0001")
     for _ in range(2):
         person.click_button(message, button["action_id"], value=button["value"], channel_id=CHANNEL)
-    time.sleep(0.5)
+    wait_for(lambda: updates_of(bot, message["ts"]), 2)  # both deliveries fully handled
     assert [(a.user_id, a.label, a.is_current) for a in answers(bot)] == [
         ("U0BEN0001", "positive", True)
     ]
@@ -105,8 +111,7 @@ def test_two_people_clicking_at_once_resolve_once_and_the_other_is_told(bot: Bot
         thread.start()
     for thread in threads:
         thread.join()
-    stored = wait_for(lambda: answers(bot), 1)
-    time.sleep(0.5)
+    wait_for(lambda: updates_of(bot, message["ts"]), 2)  # both clicks fully handled
     stored = answers(bot)
     assert len(stored) == 1
     winner = stored[0].user_id
@@ -128,8 +133,13 @@ def test_forged_or_stale_requests_get_401_and_store_nothing(bot: Bot, forgery: s
         kwargs["forge_signature"] = True
     result = person.click_button(message, button["action_id"], **kwargs)
     assert result.status == 401
-    time.sleep(0.3)
-    assert answers(bot) == []
+    # A genuine click after it: once the bot has handled that one, a forged answer would show.
+    bot.user("U0FRED001").click_button(
+        message, button["action_id"], value=button["value"], channel_id=CHANNEL
+    )
+    wait_for(lambda: updates_of(bot, message["ts"]), 1)
+    assert [a.user_id for a in answers(bot)] == ["U0FRED001"]
+    assert len(updates_of(bot, message["ts"])) == 1  # the forged click did not reach a listener
 
 
 def test_item_text_with_mentions_and_markup_shows_literally(bot: Bot) -> None:
@@ -293,8 +303,15 @@ def test_retrain_resolves_waiting_prompts_and_updates_their_messages(tmp_path: A
                 if any(b["action_id"] == ids.ACTION_OVERRIDE for b in buttons(m).values())
             ]
 
-        updated = wait_for(overridable, 1, timeout=60)
-        assert "model v1" in texts_of(updated[0])
+        # The report is posted once the retrain has stored its work; message updates follow it.
+        wait_for(
+            lambda: [m for m in cold.slack.messages(CHANNEL) if "Retrain" in json.dumps(m)],
+            1,
+            timeout=60,
+        )
         with cold.runtime.services.sessions.begin() as session:
             resolved = session.scalars(select(Item).where(Item.final_source == "model")).all()
-        assert len(resolved) == len(updated)
+        assert resolved
+        updated = wait_for(overridable, len(resolved))
+        assert len(updated) == len(resolved)
+        assert all("model v1" in texts_of(message) for message in updated)
