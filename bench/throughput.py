@@ -9,6 +9,7 @@ Both are timed in the same run, so the ratio b/a is what to read (the machine is
 
 import argparse
 import csv
+import secrets
 import sys
 import tempfile
 import time
@@ -18,8 +19,9 @@ from sklearn.model_selection import train_test_split
 
 from bot import tasks as task_ops
 from bot.ingest import IncomingItem
-from bot.registry import ACTIVE, ModelRegistry, store_model
+from bot.registry import ModelRegistry, store_model
 from bot.routing import submit
+from bot.states import ModelStatus
 from bot.storage.db import make_engine, make_sessionmaker, upgrade
 from model import train
 
@@ -55,13 +57,19 @@ def main() -> int:
         engine = make_engine(url)
         upgrade(engine)
         sessions = make_sessionmaker(engine)
-        registry = ModelRegistry()
+        registry = ModelRegistry(key=secrets.token_bytes(32))
         with sessions.begin() as session:
             task = task_ops.create_task(
                 session, f"bench{int(time.time())}", label_set, channel="C0BENCH", threshold=0.8
             )
             store_model(
-                session, task, classifier, status=ACTIVE, train_size=len(train_x), metrics={}
+                session,
+                task,
+                classifier,
+                registry=registry,
+                status=ModelStatus.ACTIVE,
+                train_size=len(train_x),
+                metrics={},
             )
             task_id = task.id
         with sessions.begin() as session:  # load the artifact into the cache before timing

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.registry import ModelRegistry
+from bot.registry import ModelRegistry, signing_key
 from bot.settings import Settings
 from bot.storage.db import make_engine, make_sessionmaker, upgrade
 
@@ -29,5 +29,11 @@ def build_services(settings: Settings, *, migrate: bool = True) -> Services:
         settings=settings,
         engine=engine,
         sessions=make_sessionmaker(engine),
-        registry=ModelRegistry(),
+        registry=ModelRegistry(key=model_key(settings)),
     )
+
+
+def model_key(settings: Settings) -> bytes:
+    """The key that signs and verifies this deployment's model artifacts."""
+    secret = settings.model_signing_key
+    return signing_key(secret.get_secret_value() if secret else None, settings.model_key_file)

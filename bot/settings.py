@@ -1,5 +1,8 @@
 """Typed settings from the environment and an optional `.env` file."""
 
+import os
+from pathlib import Path
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -30,6 +33,10 @@ class Settings(BaseSettings):
     report_window_days: int = Field(7, ge=1)
     promotion_tolerance: float = Field(0.005, ge=0.0)
     report_skips: bool = True
+    # Signs model artifacts; replicas sharing a database must share it. Unset: a random key
+    # is made on first use in `model_key_file`.
+    model_signing_key: SecretStr | None = None
+    model_key_file: Path = Field(default_factory=lambda: _config_dir() / "model-signing.key")
 
     slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
@@ -54,3 +61,8 @@ class Settings(BaseSettings):
 
 def _split_ids(value: str) -> frozenset[str]:
     return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
+def _config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "hitl"

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,10 @@ from sqlalchemy.engine import make_url
 from bot.services import Services, build_services
 from bot.settings import Settings
 from bot.storage.db import make_engine, upgrade
+
+# The model signing key file is made on first use under $XDG_CONFIG_HOME/hitl; keep the test
+# run's out of the developer's home (subprocesses started by tests inherit it).
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="hitl-test-config-")
 
 
 def find_banking77() -> Path:
