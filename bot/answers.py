@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from bot import outbox
 from bot.errors import BadInputError, NotFoundError
 from bot.ingest import IncomingItem, check_batch, describe_labels
-from bot.queries import find_by_external_ids
+from bot.queries import MAX_ITEM_ID, find_by_external_ids
 from bot.states import IMPORT_USER, AnswerKind, AnswerSource, LabelSource
 from bot.storage.bulk import insert_returning_ids, insert_rows
 from bot.storage.schema import Answer, Item, Task, utcnow
@@ -113,6 +113,8 @@ def record_answer(
 
 def get_item(session: Session, item_id: int, *, lock: bool = False) -> Item:
     """An item by its internal id."""
+    if not 0 < item_id <= MAX_ITEM_ID:
+        raise NotFoundError(f"no item #{item_id}")
     query = select(Item).where(Item.id == item_id)
     if lock:
         query = query.with_for_update()

@@ -67,7 +67,7 @@ def export_rows(
             label, confidence, version = latest.get(item.id, (None, None, None))
             answers = history.get(item.id, [])
             decided = deciding_answer(item, answers)
-            row = {
+            row: dict[str, Any] = {
                 "item_id": item.id,
                 "id": item.external_id,
                 "text": item.text,
@@ -100,14 +100,30 @@ def export_format(filename: str, explicit: str | None) -> str:
     return chosen
 
 
+# Cells a spreadsheet would run as a formula (OWASP "CSV injection"): =, +, -, @, and the
+# tab and carriage return that some programs skip before looking.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that would start a formula gets a leading apostrophe, as OWASP advises."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_export(rows: Iterator[dict[str, Any]], out: IO[str], *, fmt: str) -> int:
-    """Write rows as CSV or JSON Lines; returns how many were written."""
+    """Write rows as CSV or JSON Lines; returns how many were written.
+
+    CSV is for spreadsheets, so text cells that would run as formulas are neutralised there;
+    JSON Lines keeps every value exactly as stored.
+    """
     count = 0
     if fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow(row)
+            writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
             count += 1
     else:
         for row in rows:

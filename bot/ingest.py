@@ -55,12 +55,27 @@ def describe_labels(labels: Sequence[str], *, limit: int = 20) -> str:
     return shown + (f", … ({len(labels) - limit} more)" if len(labels) > limit else "")
 
 
+def is_encodable(text: str) -> bool:
+    """Whether `text` is valid Unicode (JSON's "\\ud800" escapes decode to lone surrogates,
+    which no database can store as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_text(text: str, where: str, *, max_chars: int) -> None:
     """Reject empty and oversized texts with a message that names the row."""
     if not text.strip():
         raise BadInputError(f"{where}: empty text")
     if "\x00" in text:
         raise BadInputError(f"{where}: text contains a NUL character; remove it")
+    if not is_encodable(text):
+        raise BadInputError(
+            f"{where}: text contains a lone surrogate (such as \\ud800), which is not a "
+            "character; send valid Unicode"
+        )
     if len(text) > max_chars:
         raise BadInputError(
             f"{where}: text is {len(text):,} characters; the limit is {max_chars:,} "
@@ -75,8 +90,8 @@ def check_external_id(external_id: str | None, where: str) -> str | None:
     external_id = external_id.strip()
     if not external_id:
         return None
-    if "\x00" in external_id:
-        raise BadInputError(f"{where}: id contains a NUL character")
+    if "\x00" in external_id or not is_encodable(external_id):
+        raise BadInputError(f"{where}: id contains a NUL character or a lone surrogate")
     if len(external_id) > MAX_EXTERNAL_ID_CHARS:
         raise BadInputError(f"{where}: id is over {MAX_EXTERNAL_ID_CHARS} characters")
     return external_id

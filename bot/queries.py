@@ -9,10 +9,13 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from bot.errors import NotFoundError
+from bot.ingest import is_encodable
 from bot.states import IMPORT_USER, AnswerKind, AnswerSource, LabelSource, Route
 from bot.storage.schema import Answer, Item, ModelVersion, Prediction, Task
 
 _LOOKUP_CHUNK = 500
+# Internal ids are 32-bit integers on PostgreSQL; a larger number names no item.
+MAX_ITEM_ID = 2**31 - 1
 
 
 def find_by_external_ids(session: Session, task: Task, ids: Sequence[str]) -> dict[str, Item]:
@@ -30,8 +33,13 @@ def find_by_external_ids(session: Session, task: Task, ids: Sequence[str]) -> di
 def find_item(session: Session, task: Task, key: str) -> Item:
     """An item of `task` by external id, or by internal id written `#123`."""
     query = select(Item).where(Item.task_id == task.id)
-    if key.startswith("#") and key[1:].isdigit() and len(key) <= 19:
-        query = query.where(Item.id == int(key[1:]))
+    if key.startswith("#") and key[1:].isascii() and key[1:].isdigit():
+        number = int(key[1:]) if len(key) <= 12 else MAX_ITEM_ID + 1
+        if number > MAX_ITEM_ID:
+            raise NotFoundError(f"task {task.name!r} has no item with id {key[:40]!r}")
+        query = query.where(Item.id == number)
+    elif "\x00" in key or not is_encodable(key):
+        raise NotFoundError(f"task {task.name!r} has no item with id {key[:40]!r}")
     else:
         query = query.where(Item.external_id == key)
     item = session.scalar(query)
@@ -156,6 +164,13 @@ class LabelCounts:
     def total(self) -> int:
         """Every stored label."""
         return self.slack + self.imported + self.spot_check
+
+    def breakdown(self) -> str:
+        """Like "3 from Slack by 2 people, 10 imported[, 1 spot checks]": one wording for all."""
+        parts = [f"{self.slack} from Slack by {self.people} people", f"{self.imported} imported"]
+        if self.spot_check:
+            parts.append(f"{self.spot_check} spot checks")
+        return ", ".join(parts)
 
     def as_dict(self) -> dict[str, int]:
         """JSON-ready form, keyed by answer source."""

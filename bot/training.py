@@ -41,7 +41,7 @@ from bot.states import LabelSource, ModelStatus, Route, RunStatus
 from bot.storage.bulk import insert_rows
 from bot.storage.schema import Item, ModelVersion, Prediction, RetrainRun, Task, utcnow
 from bot.tasks import get_task
-from model import TextClassifier, TrainingError, train
+from model import ArtifactError, TextClassifier, TrainingError, train
 from model.classifier import cross_val_probabilities, minimum_count_missing
 from model.metrics import evaluate, per_label_f1
 
@@ -314,6 +314,7 @@ class Gathered:
     old_version: int | None
     old_classifier: TextClassifier | None
     old_metrics: dict[str, Any]
+    old_refused: str | None  # why the active model's artifact could not be trusted
     new_labels: LabelCounts
     data: LabelledData
     traffic: list[str]
@@ -324,6 +325,14 @@ def gather(
 ) -> Gathered:
     """Read the task, its active model, the labels since that model, and recent traffic."""
     active = active_version(session, task)
+    old_classifier, refused = None, None
+    if active is not None:
+        try:
+            old_classifier = registry.load(session, active.id)
+        except ArtifactError as exc:
+            # An untrusted active model cannot be compared against, only replaced.
+            logger.error("task %s: active model v%d refused: %s", task.name, active.version, exc)
+            refused = str(exc)
     return Gathered(
         name=task.name,
         channel=task.channel,
@@ -331,8 +340,9 @@ def gather(
         labels=list(task.labels),
         featurizer=task.featurizer,
         old_version=active.version if active else None,
-        old_classifier=registry.load(session, active.id) if active else None,
+        old_classifier=old_classifier,
         old_metrics=dict(active.metrics) if active else {},
+        old_refused=refused,
         new_labels=label_counts(session, task, since=active.created_at if active else None),
         data=load_labelled(session, task),
         traffic=recent_texts(
@@ -728,6 +738,12 @@ def _run(
         days=settings.report_window_days,
     )
     decision = decide(evaluation, tolerance=settings.promotion_tolerance)
+    if gathered.old_refused is not None:
+        decision = Decision(
+            True,
+            f"the active model v{gathered.old_version} was refused ({gathered.old_refused}); "
+            "the candidate replaces it",
+        )
 
     progress("saving")
     with sessions.begin() as session:

@@ -1,15 +1,19 @@
 """Engine and session factory set-up, and schema upgrades through Alembic."""
 
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+T = TypeVar("T")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -18,6 +22,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(url, **kwargs)
+    if parsed.database not in (None, "", ":memory:") and not parsed.database.startswith("file:"):
+        _create_private(Path(parsed.database))
     engine = create_engine(url, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -39,6 +45,16 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (SQLite gives its -wal and -shm
+    files the database file's permissions); an existing file is left as it is."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError):
+        return  # exists already, or SQLite will report the unusable path itself
+    os.close(descriptor)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -65,3 +81,30 @@ def current_revision(engine: Engine) -> str | None:
 
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+# PostgreSQL SQLSTATEs that mean "another transaction got there first; try again".
+_RETRYABLE_SQLSTATES = frozenset({"23505", "40001", "40P01"})  # unique, serialization, deadlock
+
+
+def is_retryable(exc: DBAPIError) -> bool:
+    """Whether a failed transaction lost a race that a fresh attempt would not lose."""
+    return getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
+
+
+def in_transaction(
+    sessions: sessionmaker[Session], work: Callable[[Session], T], *, attempts: int = 5
+) -> T:
+    """Run `work` in a transaction, again from the start when it lost a race (see above).
+
+    Two requests that insert the same new external id at once: one commits, the other hits
+    the unique index, and its retry finds the committed row and answers as a safe replay.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with sessions.begin() as session:
+                return work(session)
+        except DBAPIError as exc:
+            if attempt == attempts or not is_retryable(exc):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -6,7 +6,9 @@ Run on SQLite and on PostgreSQL.
 import csv
 import io
 import json
+import stat
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from bot import tasks as task_ops
 from bot.answers import get_item, import_examples, record_answer
@@ -17,6 +19,7 @@ from bot.routing import submit
 from bot.services import Services
 from bot.states import AnswerKind, AnswerSource
 from bot.stats import task_stats
+from bot.storage.db import make_engine, upgrade
 
 LABELS = ["positive", "negative"]
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -145,3 +148,37 @@ def test_export_csv_names_the_decider_and_jsonl_carries_the_history(services: Se
         "kind": "skip",
         "current": True,
     }
+
+
+def test_csv_export_neutralises_formulas_and_jsonl_keeps_them(services: Services) -> None:
+    with services.sessions.begin() as session:
+        task = task_ops.create_task(session, "reviews", LABELS, threshold=0.9)
+        submit(
+            session,
+            task,
+            [
+                IncomingItem('=HYPERLINK("http://x")', external_id="@id"),
+                IncomingItem("-2+3", external_id="e2"),
+                IncomingItem("plain text", external_id="+e3"),
+            ],
+            registry=services.registry,
+            max_chars=100,
+        )
+        csv_out, jsonl_out = io.StringIO(), io.StringIO()
+        write_export(export_rows(session, task), csv_out, fmt="csv")
+        write_export(export_rows(session, task), jsonl_out, fmt="jsonl")
+    rows = list(csv.DictReader(io.StringIO(csv_out.getvalue())))
+    assert [(r["id"], r["text"]) for r in rows] == [
+        ("'@id", '\'=HYPERLINK("http://x")'),
+        ("e2", "'-2+3"),
+        ("'+e3", "plain text"),
+    ]
+    lines = [json.loads(line) for line in jsonl_out.getvalue().splitlines()]
+    assert [line["text"] for line in lines] == ['=HYPERLINK("http://x")', "-2+3", "plain text"]
+
+
+def test_the_sqlite_file_is_private_to_its_owner(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'private.db'}")
+    upgrade(engine)
+    engine.dispose()
+    assert stat.S_IMODE((tmp_path / "private.db").stat().st_mode) == 0o600

@@ -1,18 +1,23 @@
 """Clicks on review prompts: a label button or menu, Skip, Change and Override.
 
-Every listener acks first, then does the work; whatever goes wrong, the person is told.
+Every listener acks first, then does the work; whatever goes wrong, the person is told (a
+click that could not be stored says so, and the prompt stays clickable).
 """
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from slack_bolt import Ack, BoltContext
 from slack_sdk.errors import SlackApiError
+from sqlalchemy.exc import DBAPIError
 
 from bot.errors import HitlError
 from bot.review import (
     ALREADY_LABELLED,
     ClickOutcome,
+    ItemView,
     answer_click,
     item_view,
     may_change,
@@ -32,8 +37,9 @@ def on_label_button(
     """A label button: store the person's answer (the first answer resolves the item)."""
     ack()
     deps = deps_of(context)
-    if allowed(deps, body):
-        choose(deps, body, str(action.get("value", "")))
+    with telling_the_person(deps, body):
+        if allowed(deps, body):
+            choose(deps, body, str(action.get("value", "")))
 
 
 def on_label_menu(
@@ -43,36 +49,46 @@ def on_label_menu(
     ack()
     deps = deps_of(context)
     selected = action.get("selected_option") or {}
-    if allowed(deps, body):
-        choose(deps, body, str(selected.get("value", "")))
+    with telling_the_person(deps, body):
+        if allowed(deps, body):
+            choose(deps, body, str(selected.get("value", "")))
 
 
 def on_skip(ack: Ack, body: dict[str, Any], action: dict[str, Any], context: BoltContext) -> None:
     """Skip: recorded, and the item stays open for someone else."""
     ack()
     deps = deps_of(context)
-    item_id = permitted_item(deps, body, action)
-    if item_id is None:
-        return
-    with deps.services.sessions.begin() as session:
-        outcome = skip_click(session, item_id, body["user"]["id"])
-    if outcome.status == ALREADY_LABELLED:
-        tell(deps, body, already(outcome))
-    else:
-        tell(deps, body, "Skipped: the item stays open for someone else.")
+    with telling_the_person(deps, body):
+        item_id = permitted_item(deps, body, action)
+        if item_id is None:
+            return
+        with deps.services.sessions.begin() as session:
+            check_origin(item_view(session, item_id), body)
+            outcome = skip_click(session, item_id, body["user"]["id"])
+        if outcome.status == ALREADY_LABELLED:
+            tell(deps, body, already(outcome))
+        else:
+            tell(deps, body, "Skipped: the item stays open for someone else.")
 
 
 def on_reopen(ack: Ack, body: dict[str, Any], action: dict[str, Any], context: BoltContext) -> None:
     """Change (your own answer) or Override (the model's): the prompt opens again to re-answer."""
     ack()
     deps = deps_of(context)
+    with telling_the_person(deps, body):
+        reopen(deps, body, action)
+
+
+def reopen(deps: SlackDeps, body: dict[str, Any], action: dict[str, Any]) -> None:
+    """Show the change prompt to whoever may change the item's answer."""
     item_id = permitted_item(deps, body, action)
     if item_id is None:
         return
     user = body["user"]["id"]
     with deps.services.sessions.begin() as session:
-        held = may_change(session, item_id, user)
         view = item_view(session, item_id)
+        check_origin(view, body)
+        held = may_change(session, item_id, user)
     if held is not None:
         tell(deps, body, f"{already(held)} Only <@{held.by_user}> can change it.")
         return
@@ -86,6 +102,39 @@ def on_reopen(ack: Ack, body: dict[str, Any], action: dict[str, Any], context: B
         previous_label=view.final_label,
     )
     deps.client.chat_update(channel=channel, ts=ts, **message)
+
+
+@contextmanager
+def telling_the_person(deps: SlackDeps, body: dict[str, Any]) -> Iterator[None]:
+    """Whatever fails after the ack, the person hears a short reason instead of silence."""
+    try:
+        yield
+    except HitlError as exc:
+        tell(deps, body, f"Nothing was changed: {exc}")
+    except DBAPIError:
+        logger.exception("a click could not be stored")
+        tell(
+            deps,
+            body,
+            ":warning: Not saved: the database is unavailable right now. "
+            "Please click again in a minute.",
+        )
+    except SlackApiError:
+        logger.exception("Slack refused an update after a click")
+    except Exception:  # the listener's boundary: log it, and never leave the person waiting
+        logger.exception("a click failed")
+        tell(deps, body, ":warning: Something went wrong; nothing was changed. Please try again.")
+
+
+def check_origin(view: ItemView, body: dict[str, Any]) -> None:
+    """Refuse a click whose value names an item other than the one its message shows.
+
+    Values are only numbers, so a forged (signed) click could name another task's item; the
+    item's own prompt message must be the one that was clicked.
+    """
+    channel, ts = where(body)
+    if view.message_ts is None or (view.channel, view.message_ts) != (channel, ts):
+        raise HitlError("that button does not belong to this message")
 
 
 def where(body: dict[str, Any]) -> tuple[str, str | None]:
@@ -147,15 +196,12 @@ def choose(deps: SlackDeps, body: dict[str, Any], value: str) -> None:
         logger.warning("ignored a click with an undecodable value %r", value[:100])
         return
     user = body["user"]["id"]
-    try:
-        with deps.services.sessions.begin() as session:
-            labels = item_view(session, item_id).labels
-            if not 0 <= label_index < len(labels):
-                raise HitlError("that label no longer exists; the message is out of date")
-            outcome = answer_click(session, item_id, user, label=labels[label_index])
-    except HitlError as exc:
-        tell(deps, body, f"Could not store that answer: {exc}")
-        return
+    with deps.services.sessions.begin() as session:
+        view = item_view(session, item_id)
+        check_origin(view, body)
+        if not 0 <= label_index < len(view.labels):
+            raise HitlError("that label no longer exists; the message is out of date")
+        outcome = answer_click(session, item_id, user, label=view.labels[label_index])
     if outcome.status == ALREADY_LABELLED:
         tell(deps, body, already(outcome))
     refresh(deps, body, item_id)

@@ -6,6 +6,7 @@ from typing import Any
 
 from slack_bolt import Ack, BoltContext, Respond
 from slack_sdk.errors import SlackApiError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bot import tasks as task_ops
@@ -15,7 +16,7 @@ from bot.slack.context import SlackDeps, deps_of
 from bot.slack.messages import stats_view
 from bot.stats import task_stats
 from bot.storage.schema import Task
-from bot.training import latest_run, retrain_task
+from bot.training import latest_report, retrain_task
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,12 @@ def on_hitl_command(
         handler(deps, words[1:], command, respond)
     except HitlError as exc:
         _error(respond, str(exc))
+    except DBAPIError:
+        logger.exception("/hitl %s: the database failed", words[0] if words else "")
+        _error(respond, "the database is unavailable right now; nothing was changed")
+    except Exception:  # the listener's boundary: the person always hears back
+        logger.exception("/hitl %s failed", words[0] if words else "")
+        _error(respond, "something went wrong; nothing was changed. Please try again.")
 
 
 def help_command(
@@ -157,8 +164,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 
 
 def _last_headline(session: Session, task: Task) -> str | None:
-    run = latest_run(session, task)
-    return str(run.report.get("headline")) if run and run.report else None
+    report = latest_report(session, task)
+    return report.headline if report else None
 
 
 def _task_and_value(session: Session, args: list[str]) -> tuple[str | None, str | None]:

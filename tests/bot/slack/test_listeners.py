@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 from slack_bolt import BoltContext
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
+from bot import outbox
 from bot import tasks as task_ops
 from bot.ingest import IncomingItem
 from bot.routing import submit
@@ -16,10 +19,21 @@ from bot.settings import Settings
 from bot.slack import ids
 from bot.slack.context import DEPS_KEY, SlackDeps
 from bot.slack.listeners import actions, commands, events
-from bot.storage.schema import Answer
+from bot.storage.schema import Answer, ReviewPrompt, utcnow
 
 CHANNEL = "C0REVIEW1"
 ADMIN = "U0ADMIN01"
+TS = "1700000000.000100"
+
+
+def post_prompt(services: Services, item_id: int, ts: str, channel: str = CHANNEL) -> None:
+    """Mark an item's prompt as posted in `channel` at `ts`, as the poster would."""
+    with services.sessions.begin() as session:
+        (prompt_id,) = session.scalars(
+            select(ReviewPrompt.id).where(ReviewPrompt.item_id == item_id)
+        ).all()
+        outbox.claim(session, prompt_id, now=utcnow())
+        outbox.mark_posted(session, prompt_id, channel=channel, ts=ts, now=utcnow())
 
 
 @dataclass
@@ -69,7 +83,7 @@ class Harness:
         return {
             "type": "block_actions",
             "user": {"id": user},
-            "container": {"channel_id": CHANNEL, "message_ts": "1700000000.000100"},
+            "container": {"channel_id": CHANNEL, "message_ts": TS},
         }
 
 
@@ -91,6 +105,7 @@ def harness(sqlite_services: Services) -> Iterator[Harness]:
         (routed,) = submit(
             session, task, [IncomingItem("so-so")], registry=services.registry, max_chars=100
         )
+    post_prompt(services, routed.item_id, TS)
     client = FakeClient()
     deps = SlackDeps(services=services, client=client, background=InlineExecutor())  # type: ignore[arg-type]
     yield Harness(deps=deps, client=client, item_id=routed.item_id)
@@ -113,7 +128,7 @@ def test_label_button_acks_stores_and_redraws_the_message(harness: Harness) -> N
     assert ack.count == 1
     assert _answers(harness) == [("U0ANNA", "negative", True)]
     (update,) = harness.client.named("chat_update")
-    assert update["channel"] == CHANNEL and update["ts"] == "1700000000.000100"
+    assert update["channel"] == CHANNEL and update["ts"] == TS
     assert "negative" in _texts(update) and ids.ACTION_CHANGE in _texts(update)
 
 
@@ -205,3 +220,55 @@ def test_app_home_publishes_every_task(harness: Harness) -> None:
     assert published["user_id"] == "U0ANNA" and "reviews" in repr(published["view"])
     events.on_app_home_opened({"user": "U0ANNA", "tab": "messages"}, harness.context())
     assert len(harness.client.named("views_publish")) == 1
+
+
+def test_a_click_naming_another_tasks_item_is_refused(harness: Harness) -> None:
+    """A signed click whose value names an item that is not in the clicked message."""
+    services = harness.deps.services
+    with services.sessions.begin() as session:
+        other = task_ops.create_task(
+            session, "other", ["x", "y"], channel="C0OTHER01", threshold=0.9
+        )
+        (routed,) = submit(
+            session, other, [IncomingItem("elsewhere")], registry=services.registry, max_chars=100
+        )
+    post_prompt(services, routed.item_id, "1700000000.000900", channel="C0OTHER01")
+    value = ids.encode_choice(routed.item_id, 0)
+    actions.on_label_button(Ack(), harness.body("U0ANNA"), {"value": value}, harness.context())
+    assert _answers(harness) == []
+    assert harness.client.named("chat_update") == []
+    (told,) = harness.client.named("chat_postEphemeral")
+    assert "does not belong to this message" in told["text"]
+
+
+def test_skip_and_override_of_a_missing_item_tell_the_person(harness: Harness) -> None:
+    for listener in (actions.on_skip, actions.on_reopen):
+        ack = Ack()
+        listener(ack, harness.body("U0ANNA"), {"value": "987654"}, harness.context())
+        assert ack.count == 1
+    told = harness.client.named("chat_postEphemeral")
+    assert [t["text"] for t in told] == ["Nothing was changed: no item #987654"] * 2
+
+
+def test_an_item_id_beyond_32_bits_is_a_missing_item(harness: Harness) -> None:
+    actions.on_skip(Ack(), harness.body("U0ANNA"), {"value": str(2**31)}, harness.context())
+    (told,) = harness.client.named("chat_postEphemeral")
+    assert told["text"] == f"Nothing was changed: no item #{2**31}"
+
+
+def test_a_click_while_the_database_is_down_is_not_lost_in_silence(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(actions, "answer_click", down)
+    value = ids.encode_choice(harness.item_id, 1)
+    ack = Ack()
+    actions.on_label_button(ack, harness.body("U0ANNA"), {"value": value}, harness.context())
+    assert ack.count == 1
+    (told,) = harness.client.named("chat_postEphemeral")
+    assert "Not saved" in told["text"] and "click again" in told["text"]
+    # The prompt is left as it was, buttons and all, so the click can be repeated.
+    assert harness.client.named("chat_update") == []
+    assert _answers(harness) == []
