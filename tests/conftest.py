@@ -100,7 +100,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     """Settings for tests: the fixture database, no .env file."""
-    return Settings(_env_file=None, database_url=database_url)  # type: ignore[call-arg]
+    return Settings(_env_file=None, database_url=database_url)
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def banking77() -> list[tuple[str, str]]:
 @pytest.fixture
 def sqlite_services(tmp_path: Path) -> Iterator[Services]:
     """Services on a fresh SQLite file (for tests whose subject is not the storage backend)."""
-    settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path / 'one.db'}")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path / 'one.db'}")
     built = build_services(settings)
     yield built
     built.engine.dispose()

@@ -52,7 +52,7 @@ class Dispatches:
             self.count += 1
             return original(request)
 
-        app.dispatch = counting  # type: ignore[method-assign]
+        app.dispatch = counting  # type: ignore[method-assign,assignment]  # a counting spy
 
 
 def http_app(

@@ -67,7 +67,7 @@ def test_retraining_replaces_a_refused_model(services: Services) -> None:
         services.sessions, "reviews", registry=fresh, settings=services.settings, force=True
     )
     assert (result.status, result.version) == (RunStatus.PROMOTED, 2)
-    assert "v1 was refused" in result.report.reason
+    assert result.report.reason is not None and "v1 was refused" in result.report.reason
     with services.sessions.begin() as session:
         loaded = fresh.active(session, task_ops.get_task(session, "reviews"))
     assert loaded is not None and loaded.version == 2

@@ -123,7 +123,7 @@ def test_the_signature_is_checked_before_bolt_sees_the_body(
 
 
 def test_health_check_hides_the_drivers_message() -> None:
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None,
         database_url="postgresql+psycopg://nobody@127.0.0.1:9/secret_db_name",
         api_token=TOKEN,

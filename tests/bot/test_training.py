@@ -131,7 +131,7 @@ def test_report_figures_match_an_independent_recomputation(sqlite_services, bank
         confidence = model.predict(recent).confidence
         assert traffic_of.mean_confidence == pytest.approx(confidence.mean())
         assert traffic_of.auto_share == pytest.approx((confidence >= 0.7).mean())
-    assert report.new_accuracy == report.holdout.new.accuracy  # type: ignore[union-attr]
+    assert report.new_accuracy == report.holdout.new.accuracy
     assert report.recent.old is not None and report.recent.new is not None
     gain = (report.recent.new.mean_confidence or 0) - (report.recent.old.mean_confidence or 0)
     assert report.recent.confidence_gain == pytest.approx(gain)
@@ -143,8 +143,8 @@ def test_report_figures_match_an_independent_recomputation(sqlite_services, bank
 
 
 def test_candidate_on_shuffled_labels_is_rejected_and_active_keeps_serving(
-    sqlite_services, banking77
-) -> None:  # type: ignore[no-untyped-def]
+    sqlite_services: Services, banking77: list[tuple[str, str]]
+) -> None:
     services = sqlite_services
     setup_task(services, bank_rows(banking77, per_label=60))
     assert retrain(services).version == 1
@@ -172,8 +172,8 @@ def test_no_new_answers_is_a_skip(sqlite_services, banking77) -> None:  # type: 
 
 
 def test_training_exception_leaves_everything_and_records_failure(
-    sqlite_services, banking77, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    sqlite_services: Services, banking77: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     services = sqlite_services
     setup_task(services, bank_rows(banking77, per_label=20))
     retrain(services)
@@ -242,8 +242,8 @@ def test_first_report_without_traffic_has_no_automatic_share(sqlite_services, ba
 
 
 def test_labels_are_counted_by_source_and_history_shows_what_each_version_routed(
-    services: Services, banking77
-) -> None:  # type: ignore[no-untyped-def]
+    services: Services, banking77: list[tuple[str, str]]
+) -> None:
     setup_task(services, bank_rows(banking77, per_label=40), threshold=0.9)
     assert retrain(services).version == 1
     traffic = bank_rows(banking77, per_label=15, seed=5, skip=90)

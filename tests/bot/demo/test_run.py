@@ -36,7 +36,8 @@ def test_small_demo_resolves_every_item_and_retrains(tmp_path: Path) -> None:
         assert "model v1 → v2 promoted" in summary.report
     else:
         assert summary.version_after == 1 and "kept v1" in summary.report
-    assert 0 <= summary.auto_correct <= summary.auto
+    # Calibrated at a threshold of 0.8: automatic answers are right at least 80 % of the time.
+    assert summary.auto > 0 and summary.auto_correct >= 0.8 * summary.auto
     if summary.answers:
         assert seen[-1] == (40, 40)
     assert summary.chart == tmp_path / "demo.png"

@@ -8,7 +8,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -154,7 +154,9 @@ def label_prompt(slack: SlackStandIn) -> dict[str, Any]:
         },
     ]
     client = WebClient(token=TOKEN, base_url=slack.api_url)
-    posted = client.chat_postMessage(channel=CHANNEL, text="Review item 17", blocks=blocks)
+    posted = client.chat_postMessage(
+        channel=CHANNEL, text="Review item 17", blocks=cast(Any, blocks)
+    )
     return slack.message(CHANNEL, posted["ts"])
 
 
