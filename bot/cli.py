@@ -697,11 +697,11 @@ def demo_command(
         f"127.0.0.1 at {rate:g} msg/s (real Slack: about 1 per channel), 3 simulated reviewers",
         err=True,
     )
-    with typer.progressbar(length=items, label="items resolved", file=sys.stderr) as bar:
+    with progress_bar(items, label="items resolved") as advance:
         seen = [0]
 
         def progress(done: int, total: int) -> None:
-            bar.update(max(0, done - seen[0]))
+            advance(max(0, done - seen[0]))
             seen[0] = max(seen[0], done)
 
         summary = run_demo(
@@ -712,7 +712,7 @@ def demo_command(
             rate=rate,
             progress=progress,
         )
-        bar.update(items - seen[0])
+        advance(items - seen[0])
 
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.1%}"
