@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from slack_bolt import App
 from slack_bolt.adapter.starlette.handler import to_bolt_request, to_starlette_response
@@ -117,6 +118,17 @@ def slack_signature_valid(
     return hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
 
 
+def is_ssl_check(raw: bytes) -> bool:
+    """Slack's `ssl_check=1&token=…` probe (a short form body, nothing else)."""
+    if len(raw) > 1024 or b"ssl_check=" not in raw:
+        return False
+    try:
+        form = parse_qs(raw.decode("ascii"), keep_blank_values=True)
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return form.get("ssl_check") == ["1"] and "payload" not in form and "command" not in form
+
+
 def check_slack_body(raw: bytes, content_type: str | None) -> str | None:
     """What is wrong with a signed Slack body that Bolt could not parse, or None when fine."""
     try:
@@ -176,6 +188,10 @@ def build_http_app(
             raw = await read_capped(request, MAX_SLACK_BODY_BYTES)
         except BodyTooLarge:
             return _error(413, "body too large for a Slack request")
+        if is_ssl_check(raw):
+            # Slack's certificate probe: answered with an empty 200, as Bolt does; it changes
+            # nothing and reaches no listener, so it needs no signature.
+            return Response(status_code=200)
         # The signature is checked before anything parses the body: unsigned bytes are only
         # ever hashed.
         if not signed(raw, request):

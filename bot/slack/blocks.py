@@ -247,7 +247,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def _mention(user_id: str | None) -> str:
+def mention(user_id: str | None) -> str:
+    """`<@U…>` for a Slack user id; anything else (e.g. "import") as escaped text."""
     if not user_id:
         return "someone"
     if _USER_ID.fullmatch(user_id):
@@ -303,7 +304,7 @@ def change_prompt(
 ) -> Message:
     """The review message re-opened to change an answer (`answered_by` None: the model's)."""
     who = (
-        f":pencil2: Changing the answer of {_mention(answered_by)}"
+        f":pencil2: Changing the answer of {mention(answered_by)}"
         if answered_by
         else ":pencil2: Overriding the model's answer"
     )
@@ -432,10 +433,10 @@ def answered_prompt(
         by = f"resolved by {_model_name(p.model_version)}{at}"
     else:
         head = f":white_check_mark: *Answered* · {_task(p.task_name)}"
-        who = f"by {_mention(user_id)} · {when}"
+        who = f"by {mention(user_id)} · {when}"
         button = _button("Change", ids.ACTION_CHANGE, ids.encode_item(p.item_id))
         context = _context(_plain(_verdict(p, label), literal=True), _item_ref(p))
-        by = f"answered by {_mention(user_id)}"
+        by = f"answered by {mention(user_id)}"
     blocks: list[Block] = [
         _context(_mrkdwn(head)),
         _item_text(p.text),
@@ -558,7 +559,7 @@ def _model_fields(s: StatsView) -> list[Block]:
 
 
 def _reviewers(s: StatsView) -> str:
-    return ", ".join(f"{_mention(user)} {count:,}" for user, count in s.top_reviewers[:5])
+    return ", ".join(f"{mention(user)} {count:,}" for user, count in s.top_reviewers[:5])
 
 
 def stats_blocks(s: StatsView) -> Message:
@@ -628,7 +629,7 @@ def threshold_changed_blocks(task_name: str, old: float, *, new: float, user_id:
     """The channel announcement of a threshold change, saying what it means for reviewers."""
     task = _task(task_name)
     headline = (
-        f":level_slider: {_mention(user_id)} changed the threshold of *{task}* "
+        f":level_slider: {mention(user_id)} changed the threshold of *{task}* "
         f"from *{old:g}* to *{new:g}*."
     )
     if new > old:

@@ -8,7 +8,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.report import format_report_text, render_chart
 from bot.review import item_view
-from bot.slack.blocks import report_blocks
+from bot.slack.blocks import escape, report_blocks
 from bot.slack.context import SlackDeps
 from bot.slack.messages import message_for
 from bot.states import RunStatus
@@ -63,7 +63,7 @@ def publish_failure(
     deps: SlackDeps, task: str, channel: str | None, reason: str, *, respond: Respond | None = None
 ) -> None:
     """Say in the channel (or to the person who asked) that a retrain failed and why."""
-    text = f":x: {reason}"
+    text = f":x: {escape(reason)}"
     try:
         if channel:
             deps.client.chat_postMessage(channel=channel, text=text)

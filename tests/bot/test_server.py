@@ -252,3 +252,29 @@ def test_concurrent_conflicting_texts_get_409_never_500(services: Services) -> N
     statuses = sorted(r.status_code for r in replies)
     assert statuses == [200] + [409] * 39, [r.text for r in replies if r.status_code >= 500][:3]
     assert _items(services) == 1
+
+
+def test_ssl_check_is_answered_without_reaching_bolt(
+    served: tuple[Services, Client, Dispatches],
+) -> None:
+    _, client, dispatches = served
+    body = b"token=legacy&ssl_check=1"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    reply = client.post("/slack/events", content=body, headers=form)
+    assert (reply.status_code, reply.text) == (200, "")
+    assert dispatches.count == 0
+    # Anything more than the probe still needs a signature.
+    more = b"ssl_check=1&command=%2Fhitl&text=retrain"
+    assert client.post("/slack/events", content=more, headers=form).status_code == 401
+
+
+def test_url_verification_echoes_the_challenge_only_when_signed(
+    served: tuple[Services, Client, Dispatches],
+) -> None:
+    _, client, _ = served
+    body = json.dumps({"type": "url_verification", "challenge": "c-42", "token": "t"}).encode()
+    headers = {**signed_headers(body), "Content-Type": "application/json"}
+    reply = client.post("/slack/events", content=body, headers=headers)
+    assert (reply.status_code, reply.json()) == (200, {"challenge": "c-42"})
+    unsigned = {"Content-Type": "application/json"}
+    assert client.post("/slack/events", content=body, headers=unsigned).status_code == 401

@@ -90,7 +90,7 @@ def reopen(deps: SlackDeps, body: dict[str, Any], action: dict[str, Any]) -> Non
         check_origin(view, body)
         held = may_change(session, item_id, user)
     if held is not None:
-        tell(deps, body, f"{already(held)} Only <@{held.by_user}> can change it.")
+        tell(deps, body, f"{already(held)} Only {blocks.mention(held.by_user)} can change it.")
         return
     channel, ts = where(body)
     if not ts:
@@ -110,7 +110,7 @@ def telling_the_person(deps: SlackDeps, body: dict[str, Any]) -> Iterator[None]:
     try:
         yield
     except HitlError as exc:
-        tell(deps, body, f"Nothing was changed: {exc}")
+        tell(deps, body, f"Nothing was changed: {blocks.escape(str(exc))}")
     except DBAPIError:
         logger.exception("a click could not be stored")
         tell(
@@ -164,7 +164,8 @@ def allowed(deps: SlackDeps, body: dict[str, Any]) -> bool:
 
 def already(outcome: ClickOutcome) -> str:
     """Who holds the item's answer."""
-    return f"Already labelled *{outcome.label}* by <@{outcome.by_user}>; nothing was changed."
+    label = blocks.escape(str(outcome.label))
+    return f"Already labelled *{label}* by {blocks.mention(outcome.by_user)}; nothing was changed."
 
 
 def refresh(deps: SlackDeps, body: dict[str, Any], item_id: int) -> None:

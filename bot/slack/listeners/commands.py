@@ -41,7 +41,7 @@ def _reply(respond: Respond, payload: dict[str, Any]) -> None:
 
 
 def _error(respond: Respond, message: str) -> None:
-    _reply(respond, blocks.ephemeral_text(f":warning: {message}"))
+    _reply(respond, blocks.ephemeral_text(f":warning: {blocks.escape(message)}"))
 
 
 def on_hitl_command(

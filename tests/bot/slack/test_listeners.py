@@ -280,3 +280,31 @@ def test_a_click_while_the_database_is_down_is_not_lost_in_silence(
     # The prompt is left as it was, buttons and all, so the click can be repeated.
     assert harness.client.named("chat_update") == []
     assert _answers(harness) == []
+
+
+def test_hostile_labels_and_names_are_shown_literally(harness: Harness) -> None:
+    """A label or task name that looks like a mention pings nobody in any reply."""
+    services = harness.deps.services
+    with services.sessions.begin() as session:
+        task = task_ops.get_task(session, "reviews")
+        task_ops.add_labels(session, task, ["<!channel> & <@U0BOSS>"], actor="test")
+    for user, index in (("U0ANNA", 2), ("U0BOB", 0)):
+        value = ids.encode_choice(harness.item_id, index)
+        actions.on_label_button(Ack(), harness.body(user), {"value": value}, harness.context())
+    (told,) = harness.client.named("chat_postEphemeral")
+    assert "&lt;!channel&gt; &amp; &lt;@U0BOSS&gt;" in told["text"]
+    assert "<!channel>" not in told["text"] and "<@U0BOSS>" not in told["text"]
+    replies: list[dict[str, Any]] = []
+    command = {"text": "stats <!here>", "user_id": "U0ANNA"}
+    commands.on_hitl_command(
+        Ack(), command, cast(Any, lambda **kw: replies.append(kw)), harness.context()
+    )
+    assert "&lt;!here&gt;" in repr(replies[-1]) and "<!here>" not in repr(replies[-1])
+
+
+def test_a_failed_retrain_is_announced_with_the_reason_escaped(harness: Harness) -> None:
+    from bot.slack.reporting import publish_failure
+
+    publish_failure(harness.deps, "reviews", CHANNEL, "label <!channel> has 1 answer")
+    (posted,) = harness.client.named("chat_postMessage")
+    assert posted["text"] == ":x: label &lt;!channel&gt; has 1 answer"
