@@ -2,7 +2,9 @@
 
 pending → sending (a poster claimed it) → posted (Slack has it) → answered (a person) or
 resolved (a newer model); pending again after a retryable error; failed when Slack refuses the
-message itself. Everything here takes a `Session`; the caller owns the transaction.
+message itself. An attempt whose outcome is unknown (a timeout, a dropped connection, a poster
+killed mid-send) leaves `unconfirmed_since`: Slack may have the message, so the next attempt looks
+for it before posting again. Everything here takes a `Session`; the caller owns the transaction.
 """
 
 from collections.abc import Sequence
@@ -27,6 +29,14 @@ class PostedMessage:
     item_id: int
     channel: str
     ts: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A prompt taken for sending: its item, and since when an earlier attempt is unconfirmed."""
+
+    item_id: int
+    unconfirmed_since: datetime | None
 
 
 @dataclass(frozen=True)
@@ -93,14 +103,21 @@ def mark_resolved(
 
 
 def release_stale_claims(session: Session, *, now: datetime) -> None:
-    """Prompts claimed by a poster that died mid-send become pending again."""
+    """Prompts claimed by a poster that died mid-send become pending again, unconfirmed."""
     session.execute(
         update(ReviewPrompt)
         .where(
             ReviewPrompt.status == PromptState.SENDING,
             ReviewPrompt.updated_at < now - STALE_CLAIM,
         )
-        .values(status=PromptState.PENDING, updated_at=now)
+        .values(
+            status=PromptState.PENDING,
+            # The claim's time is when that send began; Slack may have stored it since.
+            unconfirmed_since=func.coalesce(
+                ReviewPrompt.unconfirmed_since, ReviewPrompt.updated_at
+            ),
+            updated_at=now,
+        )
     )
 
 
@@ -122,8 +139,8 @@ def due_heads(session: Session) -> list[DuePrompt]:
     return [DuePrompt(int(r[0]), int(r[1]), str(r[2]), r[3]) for r in rows]
 
 
-def claim(session: Session, prompt_id: int, *, now: datetime) -> int | None:
-    """Take a pending prompt for sending; its item id, or None if someone else has it."""
+def claim(session: Session, prompt_id: int, *, now: datetime) -> Claim | None:
+    """Take a pending prompt for sending; None if someone else has it or it was answered."""
     claimed = session.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
         update(ReviewPrompt)
         .where(ReviewPrompt.id == prompt_id, ReviewPrompt.status == PromptState.PENDING)
@@ -131,11 +148,27 @@ def claim(session: Session, prompt_id: int, *, now: datetime) -> int | None:
     ).rowcount
     if claimed != 1:
         return None
-    return int(session.get_one(ReviewPrompt, prompt_id).item_id)
+    row = session.execute(
+        select(ReviewPrompt.item_id, ReviewPrompt.unconfirmed_since).where(
+            ReviewPrompt.id == prompt_id
+        )
+    ).one()
+    return Claim(int(row[0]), row[1])
 
 
 def mark_posted(session: Session, prompt_id: int, *, channel: str, ts: str, now: datetime) -> None:
     """Slack stored the message: remember where, so clicks and re-scores can update it."""
+    _posted(session, prompt_id, channel=channel, ts=ts, attempts=1, now=now)
+
+
+def mark_found(session: Session, prompt_id: int, *, channel: str, ts: str, now: datetime) -> None:
+    """An unconfirmed attempt did reach Slack: that message is the prompt; nothing is re-posted."""
+    _posted(session, prompt_id, channel=channel, ts=ts, attempts=0, now=now)
+
+
+def _posted(
+    session: Session, prompt_id: int, *, channel: str, ts: str, attempts: int, now: datetime
+) -> None:
     session.execute(
         update(ReviewPrompt)
         .where(ReviewPrompt.id == prompt_id)
@@ -143,8 +176,9 @@ def mark_posted(session: Session, prompt_id: int, *, channel: str, ts: str, now:
             status=PromptState.POSTED,
             channel=channel,
             message_ts=ts,
-            attempts=ReviewPrompt.attempts + 1,
+            attempts=ReviewPrompt.attempts + attempts,
             last_error=None,
+            unconfirmed_since=None,
             updated_at=now,
         )
     )
@@ -155,6 +189,25 @@ def mark_retry(
 ) -> None:
     """Sending failed for a reason that passes: try again after `delay` seconds."""
     _attempt_failed(session, prompt_id, PromptState.PENDING, reason=reason, delay=delay, now=now)
+
+
+def mark_unconfirmed(
+    session: Session,
+    prompt_id: int,
+    *,
+    started: datetime,
+    reason: str,
+    delay: float,
+    now: datetime,
+) -> None:
+    """The attempt begun at `started` got no answer (timeout, dropped connection): Slack may
+    have the message, so the retry after `delay` seconds looks for it first."""
+    _attempt_failed(session, prompt_id, PromptState.PENDING, reason=reason, delay=delay, now=now)
+    session.execute(  # an earlier unconfirmed attempt, if any, stays the one to look back to
+        update(ReviewPrompt)
+        .where(ReviewPrompt.id == prompt_id, ReviewPrompt.unconfirmed_since.is_(None))
+        .values(unconfirmed_since=started)
+    )
 
 
 def mark_failed(session: Session, prompt_id: int, *, reason: str, now: datetime) -> None:

@@ -9,7 +9,8 @@ run unchanged against `SlackStandIn.api_url`:
   faults change the status.
 * methods: auth.test, chat.postMessage, chat.update, chat.postEphemeral, views.publish,
   files.getUploadURLExternal (+ the upload itself), files.completeUploadExternal,
-  conversations.info.
+  conversations.info, conversations.history (newest first, `oldest`/`latest`/`inclusive`,
+  `limit` and `cursor`; message `metadata` only with `include_all_metadata`, as Slack does).
 * Slack's documented limits with Slack's error names (Block Kit reference, method pages): 50
   blocks per message and 100 per view, 3000 characters per text object, 75 per button or option
   text, 100 options per select, unique `action_id`s and `block_id`s, 40,000 characters of
@@ -20,7 +21,10 @@ run unchanged against `SlackStandIn.api_url`:
   default, `response_type: in_channel`, `replace_original`, `delete_original`; five uses each.
 
 Faults on demand: `fail_next` (HTTP 5xx), `rate_limit_storm` (429s), `set_down` (the listening
-socket is really closed, so clients get "connection refused"), `set_latency`. Everything the bot
+socket is really closed, so clients get "connection refused"), `set_latency` (every request,
+before it is handled) and `delay_replies` (one method, optionally one channel: the call takes
+effect, then its answer comes late, like a Slack that stored a message and timed out the client
+anyway). Everything the bot
 sent can be read back, thread-safely, with `messages`, `ephemerals`, `views`, `files`, `calls` and
 `response_url_posts`; every read returns copies.
 
@@ -143,6 +147,14 @@ class _Reply:
 class _Bucket:
     tokens: float
     updated: float
+
+
+@dataclass
+class _ReplyDelay:
+    method: str
+    seconds: float
+    channel: str | None
+    remaining: int | None
 
 
 @dataclass
@@ -388,6 +400,36 @@ def _flag(value: Any) -> bool:
     return bool(value)
 
 
+def _metadata(params: JsonDict) -> JsonDict | None:
+    """A message's `metadata` parameter checked as Slack does: event_type and event_payload."""
+    metadata = params.get("metadata")
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise _ApiError("invalid_metadata_format")
+    event_type, payload = metadata.get("event_type"), metadata.get("event_payload")
+    if not isinstance(event_type, str) or not event_type or not isinstance(payload, dict):
+        raise _ApiError(
+            "invalid_metadata_schema", detail="metadata needs event_type and an event_payload"
+        )
+    return {"event_type": event_type, "event_payload": copy.deepcopy(payload)}
+
+
+def _within(ts: float, oldest: float, latest: float, *, inclusive: bool) -> bool:
+    """Whether a message's ts falls between the bounds (the bounds count only if inclusive)."""
+    return oldest < ts < latest or (inclusive and ts in (oldest, latest))
+
+
+def _ts_param(value: Any, default: float) -> float:
+    """A Slack ts bound (`oldest`, `latest`) as seconds; `default` when absent."""
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise _ApiError("invalid_ts_oldest") from exc
+
+
 def _json_reply(status: int, payload: JsonDict, headers: dict[str, str] | None = None) -> _Reply:
     body = json.dumps(payload).encode("utf-8")
     return _Reply(status, body, headers=tuple((headers or {}).items()))
@@ -522,6 +564,7 @@ class SlackStandIn:
         self._storm = 0
         self._storm_retry_after = 1
         self._latency = 0.0
+        self._reply_delays: list[_ReplyDelay] = []
         self._rate_limited = 0
         self._last_ts = 0
         self._methods: dict[str, Callable[[JsonDict], JsonDict]] = {
@@ -533,6 +576,7 @@ class SlackStandIn:
             "files.getUploadURLExternal": self._get_upload_url,
             "files.completeUploadExternal": self._complete_upload,
             "conversations.info": self._conversation_info,
+            "conversations.history": self._conversation_history,
         }
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -634,6 +678,39 @@ class SlackStandIn:
             raise ValueError("latency cannot be negative")
         with self._lock:
             self._latency = seconds
+
+    def delay_replies(
+        self,
+        method: str,
+        seconds: float,
+        *,
+        channel: str | None = None,
+        count: int | None = None,
+    ) -> None:
+        """Answer `method` (to `channel` only, if given) `seconds` late, after it took effect.
+
+        `count` limits it to the next that many such calls; None delays them until
+        `delay_replies(method, 0)` clears every delay of `method`.
+        """
+        if seconds < 0:
+            raise ValueError("a delay cannot be negative")
+        with self._lock:
+            if seconds == 0:
+                self._reply_delays = [d for d in self._reply_delays if d.method != method]
+            else:
+                self._reply_delays.append(_ReplyDelay(method, seconds, channel, count))
+
+    def _reply_delay(self, method: str, params: JsonDict) -> float:
+        with self._lock:
+            for delay in self._reply_delays:
+                if delay.method != method or delay.channel not in (None, params.get("channel")):
+                    continue
+                if delay.remaining is not None:
+                    delay.remaining -= 1
+                    if delay.remaining <= 0:
+                        self._reply_delays.remove(delay)
+                return delay.seconds
+        return 0.0
 
     # --- inspection -------------------------------------------------------------------------
 
@@ -745,7 +822,11 @@ class SlackStandIn:
         parts = urllib.parse.urlsplit(path)
         route, _, rest = parts.path.lstrip("/").partition("/")
         if route == "api" and rest:
-            return self._api(rest, parts.query, content_type, authorization, body)
+            reply, params = self._api(rest, parts.query, content_type, authorization, body)
+            late = self._reply_delay(rest, params)
+            if late:
+                time.sleep(late)  # outside the lock: other calls go on meanwhile
+            return reply
         if route == "upload" and rest:
             return self._upload(rest, body)
         if route == "response" and rest:
@@ -754,7 +835,7 @@ class SlackStandIn:
 
     def _api(
         self, method: str, query: str, content_type: str, authorization: str, body: bytes
-    ) -> _Reply:
+    ) -> tuple[_Reply, JsonDict]:
         params: JsonDict = {}
         try:
             params = _parse_params(query, content_type, body)
@@ -781,9 +862,9 @@ class SlackStandIn:
             payload: JsonDict = {"ok": False, "error": refusal.error}
             if refusal.detail:
                 payload["response_metadata"] = {"messages": [f"[ERROR] {refusal.detail}"]}
-            return _json_reply(refusal.status, payload, refusal.headers)
+            return _json_reply(refusal.status, payload, refusal.headers), params
         self._log(method, params, 200, None)
-        return _json_reply(200, {"ok": True, **result})
+        return _json_reply(200, {"ok": True, **result}), params
 
     def _log(self, method: str, params: JsonDict, status: int, error: str | None) -> None:
         with self._lock:
@@ -822,7 +903,10 @@ class SlackStandIn:
         new_text = str(text) if text is not None else message.get("text", "")
         new_blocks = params["blocks"] if has_blocks else message.get("blocks")
         self._check_content(new_text, new_blocks, params.get("attachments"))
+        metadata = _metadata(params)
         self._replace(message, new_text, new_blocks)
+        if metadata is not None:
+            message["metadata"] = metadata
         return {
             "channel": channel,
             "ts": message["ts"],
@@ -933,6 +1017,42 @@ class SlackStandIn:
             answered.append(record)
         return {"files": copy.deepcopy(answered)}
 
+    def _conversation_history(self, params: JsonDict) -> JsonDict:
+        channel = self._channel(params.get("channel"))
+        oldest = _ts_param(params.get("oldest"), 0.0)
+        latest = _ts_param(params.get("latest"), math.inf)
+        inclusive = _flag(params.get("inclusive"))
+        try:
+            limit = int(params.get("limit") or 100)
+            offset = int(params.get("cursor") or 0)
+        except ValueError as exc:
+            raise _ApiError("invalid_arguments", detail="limit and cursor must be numbers") from exc
+        if limit < 1 or offset < 0:
+            raise _ApiError("invalid_limit" if limit < 1 else "invalid_cursor")
+        limit = min(limit, 999)
+        with_metadata = _flag(params.get("include_all_metadata"))
+        in_range = [
+            message
+            for message in reversed(self._messages.get(channel, []))
+            # Thread replies live in conversations.replies; history shows their parents only.
+            if message.get("thread_ts") in (None, message["ts"])
+            and _within(float(message["ts"]), oldest, latest, inclusive=inclusive)
+        ]
+        page = in_range[offset : offset + limit]
+        more = offset + limit < len(in_range)
+        shown = []
+        for message in page:
+            public = _public(message)
+            if not with_metadata:
+                public.pop("metadata", None)
+            shown.append(public)
+        return {
+            "messages": shown,
+            "has_more": more,
+            "pin_count": 0,
+            "response_metadata": {"next_cursor": str(offset + limit) if more else ""},
+        }
+
     def _conversation_info(self, params: JsonDict) -> JsonDict:
         channel = self._channel(params.get("channel"))
         return {
@@ -1008,6 +1128,9 @@ class SlackStandIn:
             message["blocks"] = _fill_ids(blocks)
         if params.get("thread_ts"):
             message["thread_ts"] = str(params["thread_ts"])
+        metadata = _metadata(params)
+        if metadata is not None:
+            message["metadata"] = metadata
         message["history"] = []
         return message
 

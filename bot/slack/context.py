@@ -25,7 +25,7 @@ class SlackDeps:
 
 
 def make_web_client(
-    token: str, *, base_url: str, timeout: int = 10, retries: bool = True
+    token: str, *, base_url: str, timeout: float = 10, retries: bool = True
 ) -> WebClient:
     """A Web API client that retries rate limits, 5xx answers and dropped connections.
 
@@ -41,7 +41,13 @@ def make_web_client(
         if retries
         else []
     )
-    return WebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=handlers)
+    return WebClient(
+        token=token,
+        base_url=base_url,
+        # urllib takes fractional seconds; slack_sdk only annotates the timeout as int.
+        timeout=timeout,  # type: ignore[arg-type]
+        retry_handlers=handlers,
+    )
 
 
 # Where the middleware in `bot.slack.listeners.register` puts the deps in Bolt's context.

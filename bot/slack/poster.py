@@ -1,23 +1,34 @@
-"""The outbox poster: sends review prompts to Slack at Slack's pace, and never drops one.
+"""The outbox poster: sends review prompts to Slack at Slack's pace, once, and never drops one.
 
 Each channel gets at most one message per `min_interval` seconds (Slack allows about one per
 second per channel). A 429 pauses that channel for its Retry-After; server and connection
 errors back off exponentially. Prompts of one channel go out in the order they were queued:
-while the oldest cannot be sent, the ones behind it wait. Delivery is at least once: a process
-killed between Slack's reply and our write re-sends that one prompt after a restart.
+while the oldest cannot be sent, the ones behind it wait. Channels are independent: each has at
+most one send in flight, on a small pool of threads, so a channel whose sends time out holds up
+only itself.
+
+A send that gets no answer (the client's timeout, a connection dropped after the request went
+out) may still have reached Slack: it stored the message and answered too late. Every prompt
+carries its id in the message's `metadata`, and before a prompt with such an unconfirmed attempt
+is posted again, the poster reads the channel's recent history for it. Found: that message is the
+prompt, and nothing is re-posted. Several copies found (Slack stored a late one after all): the
+oldest stays the prompt, the others are edited into a pointer to it, without buttons.
 
 Time is injected, as stamina does for retries: `clock` (seconds, for pacing and backoff), `now`
 (the outbox's timestamps) and `wait` (the pause between rounds). In production the pause is a
-wait on an event that new items and `stop()` cut short; a test passes a fake clock whose `wait`
-just moves time on, and steps the poster with `step()`: a 429 storm and a minute-long outage
-then take milliseconds.
+wait on an event that new items, finished sends and `stop()` cut short; a test passes a fake
+clock whose `wait` just moves time on (after `wait_for_sends()` if it wants sends to finish
+first), and steps the poster with `step()`: a 429 storm and a minute-long outage then take
+milliseconds.
 """
 
 import http.client
 import logging
 import threading
 import time
+import urllib.error
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,14 +50,25 @@ _MAX_BACKOFF = 60.0
 # With a channel waiting out a delay, look at the outbox at least this often anyway: prompts
 # queued by another process (`hitl submit`) do not wake this one.
 _MAX_PAUSE = 1.0
+# The message metadata that marks a review prompt (Slack's `metadata` of chat.postMessage).
+PROMPT_EVENT = "hitl_prompt"
+DUPLICATE_EVENT = "hitl_prompt_duplicate"
+DUPLICATE_TEXT = "Duplicate of a review prompt: answer in the message above."
+# How far before an unconfirmed attempt the history is read (clock skew between us and Slack),
+# and how much of it: a page of `_LOOKUP_LIMIT` messages, at most `_LOOKUP_PAGES` pages.
+_LOOKUP_MARGIN = 60.0
+_LOOKUP_LIMIT = 50
+_LOOKUP_PAGES = 4
 
 MessageBuilder = Callable[[ItemView], dict[str, Any]]
+_TransportError = (OSError, http.client.HTTPException)
 
 
 @dataclass
 class _ChannelState:
     ready_at: float = 0.0
     failures: int = 0
+    sending: bool = False
 
 
 @dataclass
@@ -56,12 +78,28 @@ class PosterStats:
     posted: int = 0
     rate_limited: int = 0
     errors: int = 0
+    unconfirmed: int = 0
+    found: int = 0
+    duplicates: int = 0
     post_times: list[float] = field(default_factory=list)
     retry_delays: list[float] = field(default_factory=list)
 
 
+def prompt_metadata(
+    prompt_id: int, item_id: int, *, event_type: str = PROMPT_EVENT
+) -> dict[str, Any]:
+    """The `metadata` a prompt's message carries, so a lost answer can be found in history."""
+    return {"event_type": event_type, "event_payload": {"prompt_id": prompt_id, "item_id": item_id}}
+
+
+def _never_sent(exc: Exception) -> bool:
+    """True when the request cannot have reached Slack (connection refused)."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return isinstance(reason, ConnectionRefusedError)
+
+
 class Poster:
-    """Sends due outbox rows with `chat.postMessage`, one channel at a time per slot."""
+    """Sends due outbox rows with `chat.postMessage`, each channel on its own, in parallel."""
 
     def __init__(
         self,
@@ -71,6 +109,7 @@ class Poster:
         *,
         min_interval: float = 1.0,
         tick: float = 0.05,
+        max_parallel: int = 8,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utcnow,
         wait: Callable[[float], object] | None = None,
@@ -80,9 +119,17 @@ class Poster:
         self._build = build_message
         self._min_interval = min_interval
         self._tick = tick
+        self._max_parallel = max_parallel
+        # After an unanswered send, give a slow Slack as long again to store the message
+        # before looking for it: a look that comes too early re-posts it.
+        self._settle = float(client.timeout)
         self._clock = clock
         self._now = now
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._channels: dict[str, _ChannelState] = {}
+        self._sending = 0
+        self._pool: ThreadPoolExecutor | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._wait = wait or self._wait_for_wake
@@ -96,15 +143,26 @@ class Poster:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread after the send in progress."""
+        """Stop the thread, letting the sends in progress finish (up to `timeout`)."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.wait_for_sends(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def wake(self) -> None:
         """Look at the outbox now (called after new review items are stored)."""
         self._wake.set()
+
+    def wait_for_sends(self, timeout: float | None = None) -> bool:
+        """Block until no send is in flight; False if some still are after `timeout` seconds."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._sending == 0, timeout)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -119,55 +177,108 @@ class Poster:
         self._wake.clear()
 
     def step(self) -> int:
-        """One round, then a pause until a waiting channel may send again; returns posts made."""
-        posted = self.run_once()
+        """One round, then a pause until a channel may send again; returns sends started."""
+        started = self.run_once()
         self._wait(self.pause())
-        return posted
+        return started
 
     def pause(self) -> float:
         """How long to wait before the next round: `tick`, longer while every channel waits."""
         now = self._clock()
-        waits = [state.ready_at - now for state in self._channels.values() if state.ready_at > now]
+        with self._lock:
+            waits = [
+                state.ready_at - now
+                for state in self._channels.values()
+                if state.ready_at > now and not state.sending
+            ]
         if not waits:
             return self._tick
         return min(max(min(waits), self._tick), _MAX_PAUSE)
 
     def run_once(self) -> int:
-        """Send at most one due prompt per ready channel; returns how many were posted."""
+        """Start a send of the oldest due prompt of each ready, idle channel; returns how many."""
         now = self._now()
+        with self._lock:
+            # A channel busy before the heads are read keeps its turn until the next round:
+            # its send may put its prompt back at the head after the query.
+            busy = {name for name, state in self._channels.items() if state.sending}
         with self._sessions.begin() as session:
             outbox.release_stale_claims(session, now=now)
             # Only the oldest pending prompt of a channel may go: order within a channel is kept.
             heads = outbox.due_heads(session)
-        posted = 0
+        started = 0
         for head in heads:
-            state = self._channels.setdefault(head.channel, _ChannelState())
-            if head.due_at > now or self._clock() < state.ready_at or self._stop.is_set():
+            if head.channel in busy or head.due_at > now or self._stop.is_set():
                 continue
-            posted += self._send(head.channel, head.prompt_id, state)
-        return posted
+            with self._lock:
+                state = self._channels.setdefault(head.channel, _ChannelState())
+                if self._clock() < state.ready_at or self._sending >= self._max_parallel:
+                    continue
+                state.sending = True
+                self._sending += 1
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        self._max_parallel, thread_name_prefix="hitl-poster-send"
+                    )
+                pool = self._pool
+            pool.submit(self._send_then_free, head.channel, head.prompt_id, state)
+            started += 1
+        return started
 
-    def _claim(self, prompt_id: int) -> ItemView | None:
+    def _send_then_free(self, channel: str, prompt_id: int, state: _ChannelState) -> None:
+        try:
+            self._send(channel, prompt_id, state)
+        except Exception:  # thread boundary: the channel must be freed whatever went wrong
+            logger.exception("sending prompt %d to %s failed", prompt_id, channel)
+            with self._lock:
+                state.ready_at = self._clock() + _MAX_PAUSE
+        finally:
+            with self._idle:
+                state.sending = False
+                self._sending -= 1
+                self._idle.notify_all()
+            self._wake.set()
+
+    def _send(self, channel: str, prompt_id: int, state: _ChannelState) -> None:
+        attempt_at = self._now()
         with self._sessions.begin() as session:
-            item_id = outbox.claim(session, prompt_id, now=self._now())
-            return None if item_id is None else item_view(session, item_id)
-
-    def _send(self, channel: str, prompt_id: int, state: _ChannelState) -> int:
-        view = self._claim(prompt_id)
-        if view is None:  # another poster took it, or it was answered meanwhile
-            return 0
+            claim = outbox.claim(session, prompt_id, now=attempt_at)
+            view = None if claim is None else item_view(session, claim.item_id)
+        if claim is None or view is None:  # another poster took it, or it was answered meanwhile
+            return
+        if claim.unconfirmed_since is not None:
+            try:
+                copies = self._find_copies(channel, prompt_id, since=claim.unconfirmed_since)
+            except (SlackApiError, *_TransportError) as exc:
+                if not self._lookup_refused(exc, channel):
+                    self._failed(channel, prompt_id, state, exc, unconfirmed=None)
+                    return
+                copies = []
+            if copies:
+                self._keep_oldest(channel, prompt_id, claim.item_id, copies, state)
+                return
         message = self._build(view)
         started = self._clock()
         try:
             response = self._client.chat_postMessage(
-                channel=channel, unfurl_links=False, unfurl_media=False, **message
+                channel=channel,
+                unfurl_links=False,
+                unfurl_media=False,
+                metadata=prompt_metadata(prompt_id, claim.item_id),
+                **message,
             )
-        except SlackApiError as exc:
-            return self._failed(channel, prompt_id, state, exc)
-        except (OSError, http.client.HTTPException) as exc:  # connection refused, reset, timeout
-            return self._failed(channel, prompt_id, state, exc)
-        state.failures = 0
-        state.ready_at = started + self._min_interval
+        except SlackApiError as exc:  # Slack answered: the message was not stored
+            self._failed(channel, prompt_id, state, exc, unconfirmed=None)
+            return
+        except _TransportError as exc:  # refused, reset, timed out
+            unconfirmed = None if _never_sent(exc) else attempt_at
+            self._failed(channel, prompt_id, state, exc, unconfirmed=unconfirmed)
+            return
+        with self._lock:
+            state.failures = 0
+            state.ready_at = started + self._min_interval
+            self.stats.posted += 1
+            self.stats.post_times.append(started)
         with self._sessions.begin() as session:
             outbox.mark_posted(
                 session,
@@ -176,38 +287,126 @@ class Poster:
                 ts=str(response.get("ts")),
                 now=self._now(),
             )
-        self.stats.posted += 1
-        self.stats.post_times.append(started)
-        return 1
 
-    def _failed(self, channel: str, prompt_id: int, state: _ChannelState, exc: Exception) -> int:
-        now = self._clock()
+    def _find_copies(self, channel: str, prompt_id: int, *, since: datetime) -> list[str]:
+        """The ts of every message in `channel` carrying this prompt's id, oldest first."""
+        oldest = f"{since.timestamp() - _LOOKUP_MARGIN:.6f}"
+        found: set[str] = set()
+        cursor: str | None = None
+        for _ in range(_LOOKUP_PAGES):
+            response = self._client.conversations_history(
+                channel=channel,
+                oldest=oldest,
+                limit=_LOOKUP_LIMIT,
+                include_all_metadata=True,
+                cursor=cursor,
+            )
+            for message in response.get("messages") or []:
+                metadata = message.get("metadata") or {}
+                payload = metadata.get("event_payload") or {}
+                if (
+                    metadata.get("event_type") == PROMPT_EVENT
+                    and payload.get("prompt_id") == prompt_id
+                ):
+                    found.add(str(message["ts"]))
+            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+            if not response.get("has_more") or cursor is None:
+                break
+        return sorted(found, key=lambda ts: tuple(int(part) for part in ts.split(".")))
+
+    def _lookup_refused(self, exc: Exception, channel: str) -> bool:
+        """True when Slack refuses the history read for good (a missing scope): post anyway."""
+        if not isinstance(exc, SlackApiError) or exc.response.status_code in (429,):
+            return False
+        if exc.response.status_code >= 500:
+            return False
+        error = exc.response.get("error")
+        logger.error(
+            "cannot read the history of %s (%s): re-posting an unconfirmed prompt may duplicate it;"
+            " grant channels:history and groups:history",
+            channel,
+            error,
+        )
+        return True
+
+    def _keep_oldest(
+        self, channel: str, prompt_id: int, item_id: int, copies: list[str], state: _ChannelState
+    ) -> None:
+        live, extra = copies[0], copies[1:]
+        logger.info("prompt %d was in %s already (ts %s); not re-posting", prompt_id, channel, live)
+        with self._lock:
+            state.failures = 0
+            state.ready_at = self._clock() + self._min_interval
+            self.stats.found += 1
+        with self._sessions.begin() as session:
+            outbox.mark_found(session, prompt_id, channel=channel, ts=live, now=self._now())
+        for ts in extra:
+            try:
+                self._client.chat_update(
+                    channel=channel,
+                    ts=ts,
+                    text=DUPLICATE_TEXT,
+                    blocks=[],
+                    metadata=prompt_metadata(prompt_id, item_id, event_type=DUPLICATE_EVENT),
+                )
+            except (SlackApiError, *_TransportError):
+                logger.warning(
+                    "could not mark %s in %s as a duplicate of %s", ts, channel, live, exc_info=True
+                )
+                continue
+            with self._lock:
+                self.stats.duplicates += 1
+
+    def _failed(
+        self,
+        channel: str,
+        prompt_id: int,
+        state: _ChannelState,
+        exc: Exception,
+        *,
+        unconfirmed: datetime | None,
+    ) -> None:
         fatal = False
-        if isinstance(exc, SlackApiError) and exc.response.status_code == 429:
-            delay = float(exc.response.headers.get("Retry-After", 1) or 1)
-            self.stats.rate_limited += 1
-            reason = f"rate limited for {delay:g}s"
-        elif isinstance(exc, SlackApiError) and exc.response.status_code < 500:
-            error = str(exc.response.get("error", "unknown_error"))
-            self.stats.errors += 1
-            if error in _FIXABLE:
-                delay, reason = _FIXABLE_RETRY, f"{error}: invite the bot or fix the task channel"
+        with self._lock:
+            if isinstance(exc, SlackApiError) and exc.response.status_code == 429:
+                delay = float(exc.response.headers.get("Retry-After", 1) or 1)
+                self.stats.rate_limited += 1
+                reason = f"rate limited for {delay:g}s"
+            elif isinstance(exc, SlackApiError) and exc.response.status_code < 500:
+                error = str(exc.response.get("error", "unknown_error"))
+                self.stats.errors += 1
+                if error in _FIXABLE:
+                    delay, reason = (
+                        _FIXABLE_RETRY,
+                        f"{error}: invite the bot or fix the task channel",
+                    )
+                else:
+                    delay, reason, fatal = 0.0, f"Slack refused the message: {error}", True
             else:
-                delay, reason, fatal = 0.0, f"Slack refused the message: {error}", True
-        else:
-            state.failures += 1
-            self.stats.errors += 1
-            delay = min(_MAX_BACKOFF, 2.0 ** (state.failures - 1))
-            reason = f"{type(exc).__name__}: {exc}"[:500]
-        state.ready_at = now + delay
+                state.failures += 1
+                self.stats.errors += 1
+                delay = min(_MAX_BACKOFF, 2.0 ** (state.failures - 1))
+                reason = f"{type(exc).__name__}: {exc}"[:500]
+                if unconfirmed is not None:
+                    self.stats.unconfirmed += 1
+                    delay = max(delay, self._settle)
+            state.ready_at = self._clock() + delay
+            if not fatal:
+                self.stats.retry_delays.append(delay)
         with self._sessions.begin() as session:
             if fatal:
                 logger.error("prompt %d to %s not sendable: %s", prompt_id, channel, reason)
                 outbox.mark_failed(session, prompt_id, reason=reason, now=self._now())
-            else:
-                self.stats.retry_delays.append(delay)
-                logger.warning(
-                    "prompt %d to %s delayed %.1fs: %s", prompt_id, channel, delay, reason
+                return
+            logger.warning("prompt %d to %s delayed %.1fs: %s", prompt_id, channel, delay, reason)
+            if unconfirmed is not None:
+                outbox.mark_unconfirmed(
+                    session,
+                    prompt_id,
+                    started=unconfirmed,
+                    reason=reason,
+                    delay=delay,
+                    now=self._now(),
                 )
+            else:
                 outbox.mark_retry(session, prompt_id, reason=reason, delay=delay, now=self._now())
-        return 0

@@ -205,6 +205,9 @@ class ReviewPrompt(Base):
     channel: Mapped[str | None] = mapped_column(String(32))
     message_ts: Mapped[str | None] = mapped_column(String(32))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Start of the earliest attempt whose outcome is unknown (a timeout, a dropped connection, a
+    # poster killed mid-send): Slack may hold that message, so look before posting again.
+    unconfirmed_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp] = mapped_column(onupdate=utcnow)
 

@@ -60,7 +60,7 @@ def test_migrations_create_every_table(services: Services) -> None:
         "retrain_run",
         "alembic_version",
     } <= tables
-    assert current_revision(services.engine) == "0003"
+    assert current_revision(services.engine) == "0004"
 
 
 def test_task_names_are_unique_and_creation_audited(services: Services) -> None:

@@ -353,6 +353,66 @@ def test_latency_delays_every_answer(slack: SlackStandIn, client: WebClient) -> 
     assert time.monotonic() - started < 0.3
 
 
+def test_delay_replies_answers_one_method_late_after_it_took_effect(slack: SlackStandIn) -> None:
+    """A delayed chat.postMessage stores the message at once; the client times out anyway."""
+    quick = client_for(slack)
+    impatient = WebClient(token=TOKEN, base_url=slack.api_url, timeout=0.3)  # type: ignore[arg-type]  # urllib takes float seconds
+    slack.delay_replies("chat.postMessage", 0.6, channel=CHANNEL, count=1)
+    with pytest.raises(TimeoutError):
+        impatient.chat_postMessage(channel=CHANNEL, text="late")
+    assert [m["text"] for m in slack.messages(CHANNEL)] == ["late"]  # Slack has it regardless
+    started = time.monotonic()
+    quick.auth_test()  # other methods answer at once
+    quick.chat_postMessage(channel="C0OTHER01", text="other channel")
+    quick.chat_postMessage(channel=CHANNEL, text="the count is used up")
+    assert time.monotonic() - started < 0.3
+    slack.delay_replies("auth.test", 0.3)
+    started = time.monotonic()
+    quick.auth_test()
+    assert time.monotonic() - started >= 0.3
+    slack.delay_replies("auth.test", 0)
+    started = time.monotonic()
+    quick.auth_test()
+    assert time.monotonic() - started < 0.3
+
+
+def test_history_returns_metadata_only_when_asked(slack: SlackStandIn, client: WebClient) -> None:
+    metadata = {"event_type": "hitl_prompt", "event_payload": {"prompt_id": 7, "item_id": 3}}
+    posted = client.chat_postMessage(channel=CHANNEL, text="prompt", metadata=metadata)
+    assert slack.message(CHANNEL, posted["ts"])["metadata"] == metadata
+    plain = client.conversations_history(channel=CHANNEL)
+    assert [m["text"] for m in plain["messages"]] == ["prompt"]
+    assert "metadata" not in plain["messages"][0]
+    full = client.conversations_history(channel=CHANNEL, include_all_metadata=True)
+    assert full["messages"][0]["metadata"] == metadata
+    assert "history" not in full["messages"][0]  # the stand-in's own record stays inside
+    duplicate = {"event_type": "hitl_prompt_duplicate", "event_payload": {"prompt_id": 7}}
+    client.chat_update(channel=CHANNEL, ts=posted["ts"], text="dup", blocks=[], metadata=duplicate)
+    assert slack.message(CHANNEL, posted["ts"])["metadata"] == duplicate
+    with pytest.raises(SlackApiError) as caught:
+        client.chat_postMessage(channel=CHANNEL, text="x", metadata={"event_payload": {}})
+    assert caught.value.response["error"] == "invalid_metadata_schema"
+
+
+def test_history_is_newest_first_bounded_by_oldest_and_paged_by_limit(
+    slack: SlackStandIn, client: WebClient
+) -> None:
+    stamps = [client.chat_postMessage(channel=CHANNEL, text=f"m{i}")["ts"] for i in range(5)]
+    client.chat_postMessage(channel=CHANNEL, text="reply", thread_ts=stamps[0])
+    everything = client.conversations_history(channel=CHANNEL)
+    assert [m["text"] for m in everything["messages"]] == ["m4", "m3", "m2", "m1", "m0"]
+    assert everything["has_more"] is False
+    first = client.conversations_history(channel=CHANNEL, oldest=stamps[1], limit=2)
+    assert [m["text"] for m in first["messages"]] == ["m4", "m3"]  # oldest itself excluded
+    assert first["has_more"] is True
+    cursor = first["response_metadata"]["next_cursor"]
+    rest = client.conversations_history(channel=CHANNEL, oldest=stamps[1], limit=2, cursor=cursor)
+    assert [m["text"] for m in rest["messages"]] == ["m2"]
+    assert rest["has_more"] is False and rest["response_metadata"]["next_cursor"] == ""
+    inclusive = client.conversations_history(channel=CHANNEL, oldest=stamps[3], inclusive=True)
+    assert [m["text"] for m in inclusive["messages"]] == ["m4", "m3"]
+
+
 # --- other surfaces -------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ def test_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
                 )
             )
     upgrade(engine)
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     with engine.connect() as connection:
         assert connection.execute(text("SELECT name FROM task")).scalar_one() == "t"
         sources = connection.execute(text("SELECT user_id, source FROM answer ORDER BY id")).all()
@@ -46,5 +46,5 @@ def test_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
     assert current_revision(engine) is None
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     upgrade(engine)
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     engine.dispose()
