@@ -308,3 +308,23 @@ def test_a_failed_retrain_is_announced_with_the_reason_escaped(harness: Harness)
     publish_failure(harness.deps, "reviews", CHANNEL, "label <!channel> has 1 answer")
     (posted,) = harness.client.named("chat_postMessage")
     assert posted["text"] == ":x: label &lt;!channel&gt; has 1 answer"
+
+
+def test_a_click_against_an_unreachable_database_tells_the_person(harness: Harness) -> None:
+    """A real outage: the services point at a PostgreSQL port where nothing listens."""
+    from bot.services import build_services
+
+    down = build_services(
+        Settings(_env_file=None, database_url="postgresql+psycopg://nobody@127.0.0.1:9/gone"),
+        migrate=False,
+    )
+    deps = SlackDeps(services=down, client=harness.client, background=InlineExecutor())  # type: ignore[arg-type]
+    context = BoltContext({DEPS_KEY: deps})
+    ack = Ack()
+    value = ids.encode_choice(harness.item_id, 1)
+    actions.on_label_button(ack, harness.body("U0ANNA"), {"value": value}, context)
+    down.engine.dispose()
+    assert ack.count == 1
+    (told,) = harness.client.named("chat_postEphemeral")
+    assert told["text"].startswith(":warning: Not saved") and "click again" in told["text"]
+    assert harness.client.named("chat_update") == []
