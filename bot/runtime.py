@@ -6,6 +6,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 from slack_bolt import App
@@ -52,6 +53,10 @@ class Runtime:
         """Base URL of the HTTP server."""
         return f"http://{self.host}:{self.port}"
 
+    def health(self) -> dict[str, Any]:
+        """What `/healthz` reports beside the database: how posting to Slack is going."""
+        return {"posting": self.poster.health()}
+
     def start(self, *, schedule: bool = True) -> "Runtime":
         """Start the poster, the nightly job and the HTTP server; returns once serving."""
         self.poster.start()
@@ -70,6 +75,7 @@ class Runtime:
                 self.services,
                 bolt_app=None if self.socket_mode else self.bolt,
                 on_review=self.poster.wake,
+                health=self.health,
             ),
             host=self.host,
             port=self.port,

@@ -155,8 +155,13 @@ def build_http_app(
     *,
     bolt_app: App | None,
     on_review: Callable[[], None] | None = None,
+    health: Callable[[], dict[str, Any]] | None = None,
 ) -> Starlette:
-    """The ASGI application; `bolt_app` is None when Slack talks to us over Socket Mode."""
+    """The ASGI application; `bolt_app` is None when Slack talks to us over Socket Mode.
+
+    `health` adds the serve process's own parts (posting, Socket Mode) to `/healthz`; it must
+    answer fast and never raise.
+    """
     settings = services.settings
     secret = settings.slack_signing_secret
     signing_secret = secret.get_secret_value().encode() if secret else None
@@ -258,13 +263,14 @@ def build_http_app(
         return JSONResponse({"ok": True, "item": found})
 
     async def healthz(_: Request) -> Response:
+        parts = health() if health is not None else {}
         try:
             await run_in_threadpool(_ping)
         except Exception:  # a health check reports every failure, whatever its type
             # The driver's message names hosts and ports: it goes to the log, not to callers.
             logger.exception("health check: the database does not answer")
-            return JSONResponse({"ok": False, "database": "unavailable"}, status_code=503)
-        return JSONResponse({"ok": True, "database": "ok"})
+            return JSONResponse({"ok": False, "database": "unavailable", **parts}, status_code=503)
+        return JSONResponse({"ok": True, "database": "ok", **parts})
 
     def _ping() -> None:
         with services.engine.connect() as connection:

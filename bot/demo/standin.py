@@ -149,6 +149,22 @@ class _Bucket:
     updated: float
 
 
+class StandInRefusal(Exception):
+    """Raised by a registered method's handler: Slack answers `{"ok": false, "error": …}`."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@dataclass
+class _MethodError:
+    method: str
+    error: str
+    channel: str | None
+    remaining: int | None
+
+
 @dataclass
 class _ReplyDelay:
     method: str
@@ -565,6 +581,7 @@ class SlackStandIn:
         self._storm_retry_after = 1
         self._latency = 0.0
         self._reply_delays: list[_ReplyDelay] = []
+        self._method_errors: list[_MethodError] = []
         self._rate_limited = 0
         self._last_ts = 0
         self._methods: dict[str, Callable[[JsonDict], JsonDict]] = {
@@ -650,6 +667,40 @@ class SlackStandIn:
             raise ValueError(f"fail_next injects server errors (5xx), not {status}")
         with self._lock:
             self._failures += [status] * count
+
+    def fail_method(
+        self,
+        method: str,
+        error: str | None,
+        *,
+        channel: str | None = None,
+        count: int | None = None,
+    ) -> None:
+        """Answer `method` (to `channel` only, if given) as Slack refuses: `{"ok": false,
+        "error": error}` with HTTP 200, nothing stored. `count` limits it to the next that many
+        calls; None keeps refusing until `fail_method(method, None)` clears it."""
+        with self._lock:
+            if error is None:
+                self._method_errors = [e for e in self._method_errors if e.method != method]
+            else:
+                self._method_errors.append(_MethodError(method, error, channel, count))
+
+    def _method_error(self, method: str, params: JsonDict) -> str | None:
+        for refusal in self._method_errors:
+            if refusal.method != method or refusal.channel not in (None, params.get("channel")):
+                continue
+            if refusal.remaining is not None:
+                refusal.remaining -= 1
+                if refusal.remaining <= 0:
+                    self._method_errors.remove(refusal)
+            return refusal.error
+        return None
+
+    def register_method(self, method: str, handler: Callable[[JsonDict], JsonDict]) -> None:
+        """Serve one more Web API method: `handler(params)` runs with the stand-in's lock held
+        and returns the fields of an ok answer, or raises `StandInRefusal(error)`."""
+        with self._lock:
+            self._methods[method] = handler
 
     def rate_limit_storm(self, count: int, *, retry_after: int = 1) -> None:
         """Answer the next `count` chat.postMessage calls with 429, whatever the bucket says."""
@@ -855,7 +906,13 @@ class SlackStandIn:
             if handler is None:
                 raise _ApiError("unknown_method", status=404)
             with self._changed:
-                result = handler(params)
+                refused = self._method_error(method, params)
+                if refused is not None:
+                    raise _ApiError(refused)
+                try:
+                    result = handler(params)
+                except StandInRefusal as refusal:
+                    raise _ApiError(refusal.error) from None
                 self._changed.notify_all()
         except _ApiError as refusal:
             self._log(method, params, refusal.status, refusal.error)

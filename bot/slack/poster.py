@@ -159,6 +159,10 @@ class Poster:
         """Look at the outbox now (called after new review items are stored)."""
         self._wake.set()
 
+    def health(self) -> dict[str, Any]:
+        """How posting is going, for `/healthz`: `{"state": "ok"}` while Slack takes prompts."""
+        return {"state": "ok"}
+
     def wait_for_sends(self, timeout: float | None = None) -> bool:
         """Block until no send is in flight; False if some still are after `timeout` seconds."""
         with self._idle:

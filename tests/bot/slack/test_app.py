@@ -181,7 +181,11 @@ def test_api_requires_the_bearer_token_and_checks_the_body(bot: Bot) -> None:
     assert bad.status_code == 400 and bad.json()["error"] == "item 1: empty text"
     assert bot.api.post(url, content=b"{not json").status_code == 400
     assert bot.api.post("/api/tasks/nope/items", json={"items": [{"text": "x"}]}).status_code == 404
-    assert bot.api.get("/healthz").json() == {"ok": True, "database": "ok"}
+    assert bot.api.get("/healthz").json() == {
+        "ok": True,
+        "database": "ok",
+        "posting": {"state": "ok"},
+    }
 
 
 def command(bot: Bot, user: str, text: str) -> str:
