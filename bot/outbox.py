@@ -5,21 +5,46 @@ resolved (a newer model); pending again after a retryable error; failed when Sla
 message itself. An attempt whose outcome is unknown (a timeout, a dropped connection, a poster
 killed mid-send) leaves `unconfirmed_since`: Slack may have the message, so the next attempt looks
 for it before posting again. Everything here takes a `Session`; the caller owns the transaction.
+
+When Slack refuses the token or a channel (`invalid_auth`, `not_in_channel`, …), the prompts are
+not at fault: they stay pending and a posting block (`posting_block`) stops the posts until a
+probe gets through. Blocks live here too, so that every process sees the same ones.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from bot.states import PromptState
+from bot.states import PostingScope, PromptState
 from bot.storage.bulk import insert_rows
-from bot.storage.schema import Item, ReviewPrompt, Task
+from bot.storage.schema import AuditLog, Item, PostingBlock, ReviewPrompt, Task
 
 # A claim older than this belongs to a poster that died mid-send: the prompt goes back.
 STALE_CLAIM = timedelta(minutes=2)
+# A blocked channel (or token) is probed with one post after 30 s, then 60 s, 120 s … 15 min.
+FIRST_PROBE = 30.0
+MAX_PROBE_INTERVAL = 900.0
+# What a person can do about each reason Slack gives for refusing the token or a channel.
+_FIX_TOKEN = "set a valid SLACK_BOT_TOKEN (reinstall the app) and restart the bot"
+POSTING_HINTS = {
+    "invalid_auth": _FIX_TOKEN,
+    "not_authed": _FIX_TOKEN,
+    "token_revoked": _FIX_TOKEN,
+    "token_expired": _FIX_TOKEN,
+    "account_inactive": _FIX_TOKEN,
+    "not_allowed_token_type": "use the bot token (xoxb-…) as SLACK_BOT_TOKEN and restart",
+    "missing_scope": "add the chat:write scope in the app's settings and reinstall the app",
+    "not_in_channel": "invite the bot to the channel (/invite @hitl)",
+    "channel_not_found": "invite the bot, or fix the task's channel (hitl task channel)",
+    "is_archived": "unarchive the channel, or change the task's channel",
+    "channel_is_archived": "unarchive the channel, or change the task's channel",
+    "restricted_action": "let apps post in the channel (workspace or channel settings)",
+}
 
 
 @dataclass(frozen=True)
@@ -235,3 +260,159 @@ def _attempt_failed(
             updated_at=now,
         )
     )
+
+
+def mark_blocked(session: Session, prompt_id: int, *, reason: str, now: datetime) -> None:
+    """Slack refused the token or the channel, not the message: the prompt waits, uncounted."""
+    session.execute(
+        update(ReviewPrompt)
+        .where(ReviewPrompt.id == prompt_id)
+        .values(status=PromptState.PENDING, last_error=reason, updated_at=now)
+    )
+
+
+def requeue_failed(session: Session, task: Task, *, actor: str, now: datetime) -> int:
+    """Queue again every failed prompt of `task` (after a fix), audited; returns how many."""
+    of_task = select(Item.id).where(Item.task_id == task.id)
+    requeued = session.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
+        update(ReviewPrompt)
+        .where(ReviewPrompt.status == PromptState.FAILED, ReviewPrompt.item_id.in_(of_task))
+        .values(status=PromptState.PENDING, next_attempt_at=now, updated_at=now)
+    ).rowcount
+    if requeued:
+        session.add(
+            AuditLog(
+                task_id=task.id,
+                actor=actor,
+                field="prompts",
+                old_value=f"{requeued} failed",
+                new_value=f"{requeued} pending",
+                at=now,
+            )
+        )
+    return int(requeued)
+
+
+def failed_count(session: Session, task: Task) -> int:
+    """How many of `task`'s prompts Slack refused as malformed."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(ReviewPrompt)
+            .join(Item, Item.id == ReviewPrompt.item_id)
+            .where(Item.task_id == task.id, ReviewPrompt.status == PromptState.FAILED)
+        )
+        or 0
+    )
+
+
+@dataclass(frozen=True)
+class Block:
+    """Posting stopped: for every channel (`scope` token, `channel` "") or for one channel."""
+
+    scope: PostingScope
+    channel: str
+    reason: str
+    since: datetime
+    next_probe_at: datetime
+    probes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape of stats and health: state, reason, since (ISO 8601)."""
+        return {"state": "blocked", "reason": self.reason, "since": self.since.isoformat()}
+
+
+def probe_interval(probes: int) -> float:
+    """Seconds to the next probe after `probes` failed ones: 30, 60, 120 … at most 900."""
+    return min(MAX_PROBE_INTERVAL, FIRST_PROBE * 2.0**probes)
+
+
+def posting_blocks(session: Session) -> list[Block]:
+    """Every posting block, oldest first."""
+    rows = session.scalars(
+        select(PostingBlock).order_by(PostingBlock.since, PostingBlock.channel)
+    ).all()
+    return [
+        Block(
+            PostingScope(row.scope),
+            row.channel,
+            row.reason,
+            row.since,
+            row.next_probe_at,
+            row.probes,
+        )
+        for row in rows
+    ]
+
+
+def block_posting(
+    session: Session, scope: PostingScope, *, channel: str = "", reason: str, now: datetime
+) -> bool:
+    """Stop posting (to `channel`, or at all for a token block); True if it was not stopped yet.
+
+    An existing block keeps its `since` and its probe schedule; only the reason is brought up
+    to date.
+    """
+    key = channel if scope == PostingScope.CHANNEL else ""
+    values = {
+        "scope": scope.value,
+        "channel": key,
+        "reason": reason,
+        "since": now,
+        "next_probe_at": now + timedelta(seconds=FIRST_PROBE),
+        "probes": 0,
+    }
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    inserted = session.execute(
+        dialect.insert(PostingBlock)
+        .values(**values)
+        .on_conflict_do_nothing()
+        .returning(PostingBlock.scope)
+    ).first()
+    if inserted is not None:
+        return True
+    session.execute(
+        update(PostingBlock)
+        .where(PostingBlock.scope == scope.value, PostingBlock.channel == key)
+        .values(reason=reason)
+    )
+    return False
+
+
+def claim_probe(session: Session, block: Block, *, now: datetime) -> bool:
+    """Take the next probe of `block` (one post that tests it); False if it is not due or
+    another poster took it. The probe after this one is scheduled at once, with backoff."""
+    claimed = session.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
+        update(PostingBlock)
+        .where(
+            PostingBlock.scope == block.scope.value,
+            PostingBlock.channel == block.channel,
+            PostingBlock.probes == block.probes,
+            PostingBlock.next_probe_at <= now,
+        )
+        .values(
+            probes=block.probes + 1,
+            next_probe_at=now + timedelta(seconds=probe_interval(block.probes + 1)),
+        )
+    ).rowcount
+    return bool(claimed == 1)
+
+
+def unblock_posting(session: Session, scope: PostingScope, *, channel: str = "") -> Block | None:
+    """Posting works again: remove the block; returns it, or None if there was none."""
+    key = channel if scope == PostingScope.CHANNEL else ""
+    found = [b for b in posting_blocks(session) if b.scope == scope and b.channel == key]
+    removed = session.execute(  # type: ignore[attr-defined]  # a DELETE's CursorResult
+        delete(PostingBlock).where(PostingBlock.scope == scope.value, PostingBlock.channel == key)
+    ).rowcount
+    return found[0] if found and removed == 1 else None
+
+
+def posting_state(session: Session, channel: str | None) -> dict[str, Any]:
+    """Whether prompts to `channel` can go out: `{"state": "ok"}`, or the block that stops
+    them (a token block stops every channel)."""
+    blocks = posting_blocks(session)
+    token = [b for b in blocks if b.scope == PostingScope.TOKEN]
+    mine = [b for b in blocks if b.scope == PostingScope.CHANNEL and b.channel == channel]
+    found = token or mine
+    return found[0].as_dict() if found else {"state": "ok"}

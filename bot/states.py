@@ -51,6 +51,13 @@ class PromptState(StrEnum):
     FAILED = "failed"
 
 
+class PostingScope(StrEnum):
+    """What a posting block stops: every post (Slack refuses the token) or one channel's."""
+
+    TOKEN = "token"
+    CHANNEL = "channel"
+
+
 class RunStatus(StrEnum):
     """How a retrain run ended (or that it is still running)."""
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
+from bot import outbox
 from bot.queries import LabelCounts, label_counts
 from bot.registry import active_version
 from bot.states import AnswerKind, AnswerSource, Route
@@ -45,6 +46,10 @@ class TaskStats:
     model_version: int | None
     model_train_size: int | None
     model_metrics: dict[str, Any]
+    # Whether prompts can reach the task's channel: {"state": "ok"}, or {"state": "blocked",
+    # "reason": …, "since": …} while Slack refuses the token or the channel.
+    posting: dict[str, Any]
+    prompts_failed: int  # refused by Slack as malformed; `hitl prompts retry` re-queues them
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -130,6 +135,8 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
         model_version=model.version if model else None,
         model_train_size=model.train_size if model else None,
         model_metrics=dict(model.metrics) if model else {},
+        posting=outbox.posting_state(session, task.channel),
+        prompts_failed=outbox.failed_count(session, task),
     )
 
 

@@ -1,7 +1,9 @@
 """Turning stored items and stats into Block Kit messages (through the pure builders)."""
 
+from datetime import datetime
 from typing import Any
 
+from bot import outbox
 from bot.review import ItemView
 from bot.slack import blocks
 from bot.states import LabelSource
@@ -62,4 +64,10 @@ def stats_view(stats: TaskStats, *, last_report: str | None = None) -> blocks.St
         model_version=stats.model_version,
         model_metrics=metrics,
         last_report_summary=last_report,
+        posting_blocked=stats.posting.get("reason"),
+        posting_since=datetime.fromisoformat(since)
+        if (since := stats.posting.get("since"))
+        else None,
+        posting_hint=outbox.POSTING_HINTS.get(str(stats.posting.get("reason"))),
+        prompts_failed=stats.prompts_failed,
     )

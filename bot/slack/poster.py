@@ -14,6 +14,16 @@ is posted again, the poster reads the channel's recent history for it. Found: th
 prompt, and nothing is re-posted. Several copies found (Slack stored a late one after all): the
 oldest stays the prompt, the others are edited into a pointer to it, without buttons.
 
+Slack refusing the token (`invalid_auth`, `token_revoked`, …) or a channel (`not_in_channel`,
+`missing_scope`, `is_archived`, …) is not the prompts' fault: they stay pending, and a posting
+block in the database stops the posts, to every channel for a token, to that one channel
+otherwise. It is logged once, as an error, by the poster that found it. At `next_probe_at` one
+poster sends the channel's oldest prompt as a probe (after 30 s, then 60 s, 120 s … every 15 min);
+the first that gets through lifts the block (logged once, as info), and the rest follow in order.
+A token block is also lifted when a poster starts with a token that `auth.test` accepts. Only a
+message Slack refuses as malformed (`invalid_blocks`, `msg_too_long`, …) marks its prompt
+`failed`; any other refusal is retried with backoff like a server error.
+
 Time is injected, as stamina does for retries: `clock` (seconds, for pacing and backoff), `now`
 (the outbox's timestamps) and `wait` (the pause between rounds). In production the pause is a
 wait on an event that new items, finished sends and `stop()` cut short; a test passes a fake
@@ -35,17 +45,67 @@ from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import outbox
 from bot.review import ItemView, item_view
+from bot.states import PostingScope
 from bot.storage.schema import utcnow
 
 logger = logging.getLogger(__name__)
 
-# Errors a person can fix (invite the bot, fix the channel): keep the prompt, retry slowly.
-_FIXABLE = {"channel_not_found", "not_in_channel", "is_archived", "channel_is_archived"}
-_FIXABLE_RETRY = 300.0
+# Slack refuses the token: nothing can be posted anywhere until a person fixes it.
+TOKEN_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "token_revoked",
+        "token_expired",
+        "account_inactive",
+        "not_allowed_token_type",
+    }
+)
+# Slack refuses this channel (membership, permission, scope, archive): the others may go on.
+CHANNEL_ERRORS = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "channel_is_archived",
+        "missing_scope",
+        "restricted_action",
+        "restricted_action_read_only_channel",
+        "restricted_action_non_threadable_channel",
+        "restricted_action_thread_only_channel",
+        "ekm_access_denied",
+        "team_access_not_granted",
+        "access_denied",
+        "no_permission",
+    }
+)
+# Slack refuses the message itself: sending it again cannot help, so the prompt is `failed`.
+MALFORMED_ERRORS = frozenset(
+    {
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "invalid_attachments",
+        "too_many_attachments",
+        "msg_too_long",
+        "msg_blocks_too_long",
+        "no_text",
+        "invalid_arguments",
+        "invalid_metadata_format",
+        "invalid_metadata_schema",
+        "metadata_too_large",
+        "metadata_must_be_sent_from_app",
+        "markdown_text_conflict",
+        "invalid_array_arg",
+        "invalid_form_data",
+        "invalid_post_type",
+        "too_many_contact_cards",
+    }
+)
 _MAX_BACKOFF = 60.0
 # With a channel waiting out a delay, look at the outbox at least this often anyway: prompts
 # queued by another process (`hitl submit`) do not wake this one.
@@ -81,6 +141,7 @@ class PosterStats:
     unconfirmed: int = 0
     found: int = 0
     duplicates: int = 0
+    blocked: int = 0  # sends refused for the token or the channel (the prompt waits)
     post_times: list[float] = field(default_factory=list)
     retry_delays: list[float] = field(default_factory=list)
 
@@ -134,6 +195,10 @@ class Poster:
         self._wake = threading.Event()
         self._wait = wait or self._wait_for_wake
         self._thread: threading.Thread | None = None
+        # The blocks seen in the last round (for `health()` while the database does not answer)
+        # and, on the poster's clock, when the next probe of a block that holds a prompt is due.
+        self._blocks: list[outbox.Block] = []
+        self._probe_at: float | None = None
         self.stats = PosterStats()
 
     def start(self) -> None:
@@ -160,8 +225,39 @@ class Poster:
         self._wake.set()
 
     def health(self) -> dict[str, Any]:
-        """How posting is going, for `/healthz`: `{"state": "ok"}` while Slack takes prompts."""
-        return {"state": "ok"}
+        """How posting is going, for `/healthz`: `{"state": "ok"}` while Slack takes prompts,
+        else the block (the token's, or the oldest channel's) and every blocked channel."""
+        try:
+            with self._sessions.begin() as session:
+                blocks = outbox.posting_blocks(session)
+        except SQLAlchemyError:  # the database check of /healthz reports that; show the last seen
+            blocks = list(self._blocks)
+        if not blocks:
+            return {"state": "ok"}
+        token = [b for b in blocks if b.scope == PostingScope.TOKEN]
+        first = (token or blocks)[0]
+        channels = {
+            b.channel: {"reason": b.reason, "since": b.since.isoformat()}
+            for b in blocks
+            if b.scope == PostingScope.CHANNEL
+        }
+        return {**first.as_dict(), "scope": first.scope.value, "channels": channels}
+
+    def resume_if_token_accepted(self) -> bool:
+        """Lift a token block when Slack accepts this poster's token (`auth.test`): a new token
+        after a restart. True if the token was accepted."""
+        try:
+            self._client.auth_test()
+        except SlackApiError as exc:
+            logger.warning("Slack refuses the bot token (%s)", exc.response.get("error"))
+            return False
+        except _TransportError:
+            return False  # Slack unreachable: the probes will tell
+        with self._sessions.begin() as session:
+            lifted = outbox.unblock_posting(session, PostingScope.TOKEN)
+        if lifted is not None:
+            self._log_resumed(lifted, "every channel")
+        return True
 
     def wait_for_sends(self, timeout: float | None = None) -> bool:
         """Block until no send is in flight; False if some still are after `timeout` seconds."""
@@ -169,6 +265,10 @@ class Poster:
             return self._idle.wait_for(lambda: self._sending == 0, timeout)
 
     def _loop(self) -> None:
+        try:
+            self.resume_if_token_accepted()
+        except Exception:  # thread boundary: a database hiccup here must not stop the poster
+            logger.exception("could not check the bot token; the probes will")
         while not self._stop.is_set():
             try:
                 self.step()
@@ -195,6 +295,8 @@ class Poster:
                 for state in self._channels.values()
                 if state.ready_at > now and not state.sending
             ]
+            if self._probe_at is not None and self._probe_at > now:
+                waits.append(self._probe_at - now)
         if not waits:
             return self._tick
         return min(max(min(waits), self._tick), _MAX_PAUSE)
@@ -210,14 +312,38 @@ class Poster:
             outbox.release_stale_claims(session, now=now)
             # Only the oldest pending prompt of a channel may go: order within a channel is kept.
             heads = outbox.due_heads(session)
+            blocks = outbox.posting_blocks(session)
+        self._blocks = blocks
+        token = [b for b in blocks if b.scope == PostingScope.TOKEN]
+        by_channel = {b.channel: b for b in blocks if b.scope == PostingScope.CHANNEL}
+        probe_waits: list[float] = []
+        token_probed = False  # a refused token is probed with one post, not one per channel
         started = 0
         for head in heads:
             if head.channel in busy or head.due_at > now or self._stop.is_set():
                 continue
+            stopping = tuple(
+                token + ([by_channel[head.channel]] if head.channel in by_channel else [])
+            )
+            if stopping and token and token_probed:
+                continue
+            if stopping:
+                later = [(b.next_probe_at - now).total_seconds() for b in stopping]
+                if max(later) > 0:
+                    probe_waits.append(max(later))
+                    continue
             with self._lock:
                 state = self._channels.setdefault(head.channel, _ChannelState())
                 if self._clock() < state.ready_at or self._sending >= self._max_parallel:
                     continue
+            if stopping:
+                token_probed = bool(token)
+                with self._sessions.begin() as session:
+                    # Another poster may have taken this probe: then it is not ours to send.
+                    if not all([outbox.claim_probe(session, b, now=now) for b in stopping]):
+                        continue
+                logger.debug("probing %s with prompt %d", head.channel, head.prompt_id)
+            with self._lock:
                 state.sending = True
                 self._sending += 1
                 if self._pool is None:
@@ -225,13 +351,22 @@ class Poster:
                         self._max_parallel, thread_name_prefix="hitl-poster-send"
                     )
                 pool = self._pool
-            pool.submit(self._send_then_free, head.channel, head.prompt_id, state)
+            pool.submit(self._send_then_free, head.channel, head.prompt_id, state, stopping)
             started += 1
+        clock = self._clock()
+        with self._lock:
+            self._probe_at = clock + min(probe_waits) if probe_waits else None
         return started
 
-    def _send_then_free(self, channel: str, prompt_id: int, state: _ChannelState) -> None:
+    def _send_then_free(
+        self,
+        channel: str,
+        prompt_id: int,
+        state: _ChannelState,
+        blocks: tuple[outbox.Block, ...] = (),
+    ) -> None:
         try:
-            self._send(channel, prompt_id, state)
+            self._send(channel, prompt_id, state, blocks)
         except Exception:  # thread boundary: the channel must be freed whatever went wrong
             logger.exception("sending prompt %d to %s failed", prompt_id, channel)
             with self._lock:
@@ -243,7 +378,10 @@ class Poster:
                 self._idle.notify_all()
             self._wake.set()
 
-    def _send(self, channel: str, prompt_id: int, state: _ChannelState) -> None:
+    def _send(
+        self, channel: str, prompt_id: int, state: _ChannelState, blocks: tuple[outbox.Block, ...]
+    ) -> None:
+        """Send one prompt; `blocks` are the blocks this send probes (lifted if it gets through)."""
         attempt_at = self._now()
         with self._sessions.begin() as session:
             claim = outbox.claim(session, prompt_id, now=attempt_at)
@@ -255,7 +393,7 @@ class Poster:
                 copies = self._find_copies(channel, prompt_id, since=claim.unconfirmed_since)
             except (SlackApiError, *_TransportError) as exc:
                 if not self._lookup_refused(exc, channel):
-                    self._failed(channel, prompt_id, state, exc, unconfirmed=None)
+                    self._failed(channel, prompt_id, state, exc, unconfirmed=None, blocks=blocks)
                     return
                 copies = []
             if copies:
@@ -272,11 +410,11 @@ class Poster:
                 **message,
             )
         except SlackApiError as exc:  # Slack answered: the message was not stored
-            self._failed(channel, prompt_id, state, exc, unconfirmed=None)
+            self._failed(channel, prompt_id, state, exc, unconfirmed=None, blocks=blocks)
             return
         except _TransportError as exc:  # refused, reset, timed out
             unconfirmed = None if _never_sent(exc) else attempt_at
-            self._failed(channel, prompt_id, state, exc, unconfirmed=unconfirmed)
+            self._failed(channel, prompt_id, state, exc, unconfirmed=unconfirmed, blocks=blocks)
             return
         with self._lock:
             state.failures = 0
@@ -291,6 +429,27 @@ class Poster:
                 ts=str(response.get("ts")),
                 now=self._now(),
             )
+        if blocks:
+            self._lift(blocks)
+
+    def _lift(self, blocks: tuple[outbox.Block, ...]) -> None:
+        """A probe got through: Slack takes the token and the channel again."""
+        with self._sessions.begin() as session:
+            lifted = [
+                outbox.unblock_posting(session, block.scope, channel=block.channel)
+                for block in blocks
+            ]
+        for block in lifted:
+            if block is not None:
+                self._log_resumed(block, block.channel or "every channel")
+
+    def _log_resumed(self, block: outbox.Block, where: str) -> None:
+        logger.info(
+            "posting to %s resumed (stopped since %s: %s)",
+            where,
+            block.since.isoformat(timespec="seconds"),
+            block.reason,
+        )
 
     def _find_copies(self, channel: str, prompt_id: int, *, since: datetime) -> list[str]:
         """The ts of every message in `channel` carrying this prompt's id, oldest first."""
@@ -325,6 +484,9 @@ class Poster:
         if exc.response.status_code >= 500:
             return False
         error = exc.response.get("error")
+        if error in TOKEN_ERRORS:
+            return False  # nothing can be posted either: block, as a post would
+
         logger.error(
             "cannot read the history of %s (%s): re-posting an unconfirmed prompt may duplicate it;"
             " grant channels:history and groups:history",
@@ -369,40 +531,45 @@ class Poster:
         exc: Exception,
         *,
         unconfirmed: datetime | None,
+        blocks: tuple[outbox.Block, ...] = (),
     ) -> None:
-        fatal = False
+        error = ""
+        if isinstance(exc, SlackApiError) and 400 <= exc.response.status_code < 500:
+            error = str(exc.response.get("error", "unknown_error"))
+        elif isinstance(exc, SlackApiError) and exc.response.status_code < 400:
+            error = str(exc.response.get("error", "unknown_error"))  # `"ok": false`, HTTP 200
+        if error in TOKEN_ERRORS or error in CHANNEL_ERRORS:
+            scope = PostingScope.TOKEN if error in TOKEN_ERRORS else PostingScope.CHANNEL
+            self._blocked(channel, prompt_id, state, scope, error)
+            return
+        if error in MALFORMED_ERRORS:
+            with self._lock:
+                self.stats.errors += 1
+                state.ready_at = self._clock() + self._min_interval
+            reason = f"Slack refused the message: {error}"
+            logger.error("prompt %d to %s not sendable: %s", prompt_id, channel, reason)
+            with self._sessions.begin() as session:
+                outbox.mark_failed(session, prompt_id, reason=reason, now=self._now())
+            if blocks:  # Slack read the message, so it took the token and the channel
+                self._lift(blocks)
+            return
         with self._lock:
             if isinstance(exc, SlackApiError) and exc.response.status_code == 429:
                 delay = float(exc.response.headers.get("Retry-After", 1) or 1)
                 self.stats.rate_limited += 1
                 reason = f"rate limited for {delay:g}s"
-            elif isinstance(exc, SlackApiError) and exc.response.status_code < 500:
-                error = str(exc.response.get("error", "unknown_error"))
-                self.stats.errors += 1
-                if error in _FIXABLE:
-                    delay, reason = (
-                        _FIXABLE_RETRY,
-                        f"{error}: invite the bot or fix the task channel",
-                    )
-                else:
-                    delay, reason, fatal = 0.0, f"Slack refused the message: {error}", True
             else:
                 state.failures += 1
                 self.stats.errors += 1
                 delay = min(_MAX_BACKOFF, 2.0 ** (state.failures - 1))
-                reason = f"{type(exc).__name__}: {exc}"[:500]
+                reason = error or f"{type(exc).__name__}: {exc}"[:500]
                 if unconfirmed is not None:
                     self.stats.unconfirmed += 1
                     delay = max(delay, self._settle)
             state.ready_at = self._clock() + delay
-            if not fatal:
-                self.stats.retry_delays.append(delay)
+            self.stats.retry_delays.append(delay)
+        logger.warning("prompt %d to %s delayed %.1fs: %s", prompt_id, channel, delay, reason)
         with self._sessions.begin() as session:
-            if fatal:
-                logger.error("prompt %d to %s not sendable: %s", prompt_id, channel, reason)
-                outbox.mark_failed(session, prompt_id, reason=reason, now=self._now())
-                return
-            logger.warning("prompt %d to %s delayed %.1fs: %s", prompt_id, channel, delay, reason)
             if unconfirmed is not None:
                 outbox.mark_unconfirmed(
                     session,
@@ -414,3 +581,41 @@ class Poster:
                 )
             else:
                 outbox.mark_retry(session, prompt_id, reason=reason, delay=delay, now=self._now())
+
+    def _blocked(
+        self,
+        channel: str,
+        prompt_id: int,
+        state: _ChannelState,
+        scope: PostingScope,
+        error: str,
+    ) -> None:
+        """Slack refused the token or the channel: the prompt waits, and so does the channel
+        (or every channel), until a probe gets through."""
+        now = self._now()
+        with self._lock:
+            self.stats.blocked += 1
+            state.failures = 0
+            state.ready_at = self._clock() + self._min_interval
+        with self._sessions.begin() as session:
+            outbox.mark_blocked(session, prompt_id, reason=error, now=now)
+            new = outbox.block_posting(session, scope, channel=channel, reason=error, now=now)
+            # Slack got as far as the channel, so it took the token.
+            token = (
+                outbox.unblock_posting(session, PostingScope.TOKEN)
+                if scope == PostingScope.CHANNEL
+                else None
+            )
+        if token is not None:
+            self._log_resumed(token, "every channel")
+        if new:
+            where = "any channel" if scope == PostingScope.TOKEN else channel
+            logger.error(
+                "posting to %s stopped: Slack says %s; %s. Prompts wait (none is lost); "
+                "posting resumes by itself once a probe gets through (every 30 s to 15 min)",
+                where,
+                error,
+                outbox.POSTING_HINTS.get(error, "check the app's permissions in Slack"),
+            )
+        else:
+            logger.debug("prompt %d to %s still blocked: %s", prompt_id, channel, error)

@@ -284,11 +284,12 @@ def test_unknown_channel_keeps_the_prompt_for_later(tmp_path: Path) -> None:
         bot.slack._allowed_channels = frozenset({"C0OTHER01"})  # the bot was never invited
         bot.submit("waiting")
         poster = bot.runtime.poster
-        wait_for(lambda: [1] * poster.stats.errors, 1)
+        wait_for(lambda: [1] * poster.stats.blocked, 1)
         with bot.runtime.services.sessions.begin() as session:
             prompt = session.scalars(select(ReviewPrompt)).one()
             assert prompt.status == "pending" and "channel_not_found" in (prompt.last_error or "")
         assert bot.slack.messages(CHANNEL) == []
+        assert poster.health()["channels"][CHANNEL]["reason"] == "channel_not_found"
 
 
 def test_answers_slower_than_the_timeout_leave_one_message_per_prompt(stepped: Stepped) -> None:
