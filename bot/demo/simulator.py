@@ -13,6 +13,11 @@ Slack waits about 1 and 5 minutes before the later retries, here shortened to `r
 A click or a command is never retried by Slack: the user sees an error instead, and the result
 says `error="http_timeout"`; `retry_interactions=True` retries them too, to test idempotency.
 
+A click's payload carries the message as Slack stores it, text HTML-escaped: in `message.text`
+and in the text objects of `message.blocks`, `&`, `<` and `>` arrive as `&amp;`, `&lt;` and
+`&gt;` (mrkdwn and the message text keep their entities and `<@U…>`, `<#C…>`, `<!…>` and link
+markup as they are; plain text is escaped whole).
+
 With a `SlackStandIn`, the payloads carry response URLs the stand-in serves, and a click on a
 message the stand-in holds finds its channel by itself. One `SlackUser` may be used from many
 threads: each request has its own connection.
@@ -22,6 +27,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import re
 import secrets
 import string
 import time
@@ -418,6 +424,10 @@ class SlackUser:
         user = user_id or self.user_id
         name = user_name or (self.user_name if user == self.user_id else user.lower())
         shown = {key: _copy_json(value) for key, value in message.items() if key != "history"}
+        if isinstance(shown.get("text"), str):
+            shown["text"] = escape_markup(shown["text"])
+        if isinstance(shown.get("blocks"), list):
+            shown["blocks"] = [_escape_texts(block) for block in shown["blocks"]]
         return {
             "type": "block_actions",
             "user": {"id": user, "username": name, "name": name, "team_id": self.team_id},
@@ -451,6 +461,48 @@ class SlackUser:
     def _trigger_id(self) -> str:
         stamp = f"{int(self._clock())}{secrets.randbelow(1000):03d}"
         return f"{stamp}.{secrets.randbelow(10**13)}.{secrets.token_hex(16)}"
+
+
+# Slack's control sequences in message text: mentions, channels, specials, dates and links.
+_MARKUP = re.compile(r"<(?:[@#!][^<>]*|(?:https?|mailto):[^<>]*)>")
+_ENTITY = re.compile(r"&(?!(?:amp|lt|gt);)")
+
+
+def escape_plain(text: str) -> str:
+    """Plain text as Slack stores and sends it back: `&`, `<` and `>` as entities."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def escape_markup(text: str) -> str:
+    """Message text or mrkdwn as Slack sends it back: entities and `<…>` markup stay as they
+    are, any other `&`, `<` or `>` becomes an entity."""
+    parts: list[str] = []
+    position = 0
+    for found in _MARKUP.finditer(text):
+        parts.append(_escape_loose(text[position : found.start()]))
+        parts.append(found.group())
+        position = found.end()
+    parts.append(_escape_loose(text[position:]))
+    return "".join(parts)
+
+
+def _escape_loose(text: str) -> str:
+    return _ENTITY.sub("&amp;", text).replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _escape_texts(value: Any) -> Any:
+    """A copy of a block with every text object's text escaped as Slack sends it."""
+    if isinstance(value, list):
+        return [_escape_texts(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    escaped = {key: _escape_texts(item) for key, item in value.items()}
+    kind, text = value.get("type"), value.get("text")
+    if kind == "plain_text" and isinstance(text, str):
+        escaped["text"] = escape_plain(text)
+    elif kind == "mrkdwn" and isinstance(text, str):
+        escaped["text"] = escape_markup(text)
+    return escaped
 
 
 def _copy_json(value: Any) -> Any:

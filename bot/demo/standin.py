@@ -15,8 +15,15 @@ run unchanged against `SlackStandIn.api_url`:
   blocks per message and 100 per view, 3000 characters per text object, 75 per button or option
   text, 100 options per select, unique `action_id`s and `block_id`s, 40,000 characters of
   message text (`invalid_blocks`, `msg_too_long`, `no_text`, `channel_not_found`).
+* Block Kit as strictly as Slack's schemas: no property an object does not define ("invalid
+  additional property", e.g. `emoji` on a mrkdwn text), no whitespace-only text, and each
+  element only in the blocks that take it (no button in a context block, no image in actions).
 * about one `chat.postMessage` per second per channel (a token bucket), over it HTTP 429 with an
-  integer `Retry-After` and `{"ok": false, "error": "ratelimited"}`.
+  integer `Retry-After` and `{"ok": false, "error": "ratelimited"}`; every other method by its
+  rate limit tier (`METHOD_TIERS`: Tier 3 is 50 calls a minute, Tier 4 100), one minute's calls
+  as the burst, times `tier_scale` (by default as much faster than Slack as the channel rate).
+* channel membership: the bot is in every channel until `remove_bot(channel)`; then posting,
+  updating, ephemerals, history and file shares there answer `not_in_channel`.
 * response URLs (`new_response_url`) that take the JSON Bolt's `respond()` sends: ephemeral by
   default, `response_type: in_channel`, `replace_original`, `delete_original`; five uses each.
 
@@ -28,8 +35,8 @@ anyway). Everything the bot
 sent can be read back, thread-safely, with `messages`, `ephemerals`, `views`, `files`, `calls` and
 `response_url_posts`; every read returns copies.
 
-It is a stand-in, not a Slack clone: there are no users, channel membership or permissions, and
-sharing a file does not add a message to the channel.
+It is a stand-in, not a Slack clone: there are no users or permissions, and sharing a file does
+not add a message to the channel.
 """
 
 import contextlib
@@ -95,6 +102,112 @@ _SELECT_TYPES = frozenset(
 )
 _OPTION_SELECTS = frozenset({"static_select", "multi_static_select"})
 _ELEMENT_TYPES = _SELECT_TYPES | frozenset(_ELEMENT_WORDS.split())
+# Where each element may go (the "compatible elements" of each block in the Block Kit reference).
+_INTERACTIVE = _SELECT_TYPES | frozenset(
+    [
+        "button",
+        "checkboxes",
+        "datepicker",
+        "overflow",
+        "radio_buttons",
+        "timepicker",
+        "workflow_button",
+    ]
+)
+_IN_ACTIONS = _INTERACTIVE | frozenset({"datetimepicker", "rich_text_input"})
+_IN_ACCESSORY = _INTERACTIVE | frozenset({"image"})
+_IN_INPUT = _SELECT_TYPES | frozenset(
+    [
+        "checkboxes",
+        "datepicker",
+        "datetimepicker",
+        "email_text_input",
+        "file_input",
+        "number_input",
+        "plain_text_input",
+        "radio_buttons",
+        "rich_text_input",
+        "timepicker",
+        "url_text_input",
+    ]
+)
+
+# Every property each object defines; Slack refuses any other one ("invalid additional property").
+_TEXT_KEYS = {
+    "plain_text": frozenset({"type", "text", "emoji"}),
+    "mrkdwn": frozenset({"type", "text", "verbatim"}),
+}
+_BLOCK_KEYS: dict[str, frozenset[str]] = {
+    kind: frozenset({"type", "block_id", *keys.split()})
+    for kind, keys in {
+        "actions": "elements",
+        "context": "elements",
+        "divider": "",
+        "file": "external_id source",
+        "header": "text",
+        "image": "image_url slack_file alt_text title",
+        "input": "label element dispatch_action hint optional",
+        "markdown": "text",
+        "rich_text": "elements",
+        "section": "text fields accessory expand",
+        "video": "alt_text author_name description provider_icon_url provider_name title"
+        " title_url thumbnail_url video_url",
+    }.items()
+}
+_SELECT_KEYS = "placeholder confirm focus_on_load"
+_MULTI_KEYS = f"{_SELECT_KEYS} max_selected_items"
+_INPUT_KEYS = "initial_value dispatch_action_config focus_on_load placeholder"
+_ELEMENT_KEYS: dict[str, frozenset[str]] = {
+    kind: frozenset({"type", *(() if kind == "image" else ("action_id",)), *keys.split()})
+    for kind, keys in {
+        "button": "text url value style confirm accessibility_label",
+        "checkboxes": "options initial_options confirm focus_on_load",
+        "datepicker": "initial_date confirm focus_on_load placeholder",
+        "datetimepicker": "initial_date_time confirm focus_on_load",
+        "email_text_input": _INPUT_KEYS,
+        "file_input": "filetypes max_files",
+        "image": "image_url slack_file alt_text",
+        "number_input": f"is_decimal_allowed min_value max_value {_INPUT_KEYS}",
+        "overflow": "options confirm",
+        "plain_text_input": f"multiline min_length max_length {_INPUT_KEYS}",
+        "radio_buttons": "options initial_option confirm focus_on_load",
+        "rich_text_input": _INPUT_KEYS,
+        "timepicker": "initial_time timezone confirm focus_on_load placeholder",
+        "url_text_input": _INPUT_KEYS,
+        "workflow_button": "text workflow style accessibility_label",
+        "static_select": f"options option_groups initial_option {_SELECT_KEYS}",
+        "multi_static_select": f"options option_groups initial_options {_MULTI_KEYS}",
+        "external_select": f"initial_option min_query_length {_SELECT_KEYS}",
+        "multi_external_select": f"initial_options min_query_length {_MULTI_KEYS}",
+        "users_select": f"initial_user {_SELECT_KEYS}",
+        "multi_users_select": f"initial_users {_MULTI_KEYS}",
+        "conversations_select": "initial_conversation default_to_current_conversation"
+        f" response_url_enabled filter {_SELECT_KEYS}",
+        "multi_conversations_select": "initial_conversations default_to_current_conversation"
+        f" filter {_MULTI_KEYS}",
+        "channels_select": f"initial_channel response_url_enabled {_SELECT_KEYS}",
+        "multi_channels_select": f"initial_channels {_MULTI_KEYS}",
+    }.items()
+}
+_OPTION_KEYS = frozenset({"text", "value", "description", "url"})
+_OPTION_GROUP_KEYS = frozenset({"label", "options"})
+_HOME_VIEW_KEYS = frozenset({"type", "blocks", "private_metadata", "callback_id", "external_id"})
+
+# Web API rate limit tiers (docs: "Rate limits"): requests per minute, per method and workspace.
+TIER_PER_MINUTE = {1: 1.0, 2: 20.0, 3: 50.0, 4: 100.0}
+# Each served method's tier, from its reference page. chat.postMessage is "special": about one
+# message per second per channel, limited by `rate_limit_per_channel` instead.
+METHOD_TIERS = {
+    "auth.test": 4,
+    "chat.update": 3,
+    "chat.postEphemeral": 4,
+    "views.publish": 4,
+    "files.getUploadURLExternal": 4,
+    "files.completeUploadExternal": 4,
+    "conversations.info": 3,
+    "conversations.history": 3,
+}
+DEFAULT_TIER = 3
 
 
 @dataclass(frozen=True)
@@ -214,6 +327,7 @@ def _check_blocks(blocks: Any, max_blocks: int) -> None:
         kind = block["type"]
         if kind not in _BLOCK_TYPES:
             raise _Invalid(f"{where}: unknown block type {kind!r}")
+        _check_keys(block, _BLOCK_KEYS[kind], where)
         block_id = block.get("block_id")
         if block_id is not None:
             _check_string(block_id, MAX_ID, f"{where}/block_id")
@@ -238,7 +352,8 @@ def _check_section(block: JsonDict, where: str, action_ids: set[str]) -> None:
         for number, item in enumerate(fields):
             _check_text(item, MAX_FIELD_TEXT, f"{where}/fields/{number}")
     if block.get("accessory") is not None:
-        _check_element(block["accessory"], f"{where}/accessory", action_ids)
+        here = f"{where}/accessory"
+        _check_element(block["accessory"], here, action_ids, allowed=_IN_ACCESSORY, host="section")
 
 
 def _check_header(block: JsonDict, where: str, action_ids: set[str]) -> None:
@@ -248,17 +363,22 @@ def _check_header(block: JsonDict, where: str, action_ids: set[str]) -> None:
 def _check_actions(block: JsonDict, where: str, action_ids: set[str]) -> None:
     elements = _check_list(block.get("elements"), 1, MAX_ACTIONS_ELEMENTS, f"{where}/elements")
     for number, element in enumerate(elements):
-        _check_element(element, f"{where}/elements/{number}", action_ids)
+        here = f"{where}/elements/{number}"
+        _check_element(element, here, action_ids, allowed=_IN_ACTIONS, host="actions")
 
 
 def _check_context(block: JsonDict, where: str, action_ids: set[str]) -> None:
     elements = _check_list(block.get("elements"), 1, MAX_CONTEXT_ELEMENTS, f"{where}/elements")
     for number, element in enumerate(elements):
         here = f"{where}/elements/{number}"
-        if isinstance(element, dict) and element.get("type") == "image":
+        kind = element.get("type") if isinstance(element, dict) else None
+        if kind == "image":
+            _check_keys(element, _ELEMENT_KEYS["image"], here)
             _check_image(element, here)
-        else:
+        elif kind in _TEXT_KEYS or not isinstance(kind, str):
             _check_text(element, MAX_TEXT_OBJECT, here)
+        else:
+            raise _Invalid(f"{here}: a context block takes text objects and images, not {kind!r}")
 
 
 def _check_image_block(block: JsonDict, where: str, action_ids: set[str]) -> None:
@@ -269,11 +389,13 @@ def _check_image_block(block: JsonDict, where: str, action_ids: set[str]) -> Non
 
 def _check_markdown(block: JsonDict, where: str, action_ids: set[str]) -> None:
     _check_string(block.get("text"), MAX_MARKDOWN_BLOCK, f"{where}/text")
+    _check_not_blank(block["text"], f"{where}/text")
 
 
 def _check_input(block: JsonDict, where: str, action_ids: set[str]) -> None:
     _check_text(block.get("label"), MAX_ALT_TEXT, f"{where}/label", plain_only=True)
-    _check_element(block.get("element"), f"{where}/element", action_ids)
+    here = f"{where}/element"
+    _check_element(block.get("element"), here, action_ids, allowed=_IN_INPUT, host="input")
 
 
 def _check_rich_text(block: JsonDict, where: str, action_ids: set[str]) -> None:
@@ -293,10 +415,15 @@ _BLOCK_CHECKS: dict[str, Callable[[JsonDict, str, set[str]], None]] = {
 }
 
 
-def _check_element(element: Any, where: str, action_ids: set[str]) -> None:
+def _check_element(
+    element: Any, where: str, action_ids: set[str], *, allowed: frozenset[str], host: str
+) -> None:
     if not isinstance(element, dict) or element.get("type") not in _ELEMENT_TYPES:
         kind = element.get("type") if isinstance(element, dict) else None
         raise _Invalid(f"{where}: unknown element type {kind!r}")
+    if element["type"] not in allowed:
+        raise _Invalid(f"{where}: a {element['type']} cannot go in a {host} block")
+    _check_keys(element, _ELEMENT_KEYS[element["type"]], where)
     action_id = element.get("action_id")
     if action_id is not None:
         _check_string(action_id, MAX_ID, f"{where}/action_id")
@@ -340,6 +467,7 @@ def _check_static_select(element: JsonDict, where: str) -> None:
             here = f"{where}/option_groups/{number}"
             if not isinstance(group, dict):
                 raise _Invalid(f"{here}: must be an object")
+            _check_keys(group, _OPTION_GROUP_KEYS, here)
             _check_text(group.get("label"), MAX_ELEMENT_TEXT, f"{here}/label", plain_only=True)
             _check_options(group.get("options"), MAX_SELECT_OPTIONS, f"{here}/options")
             offered += group["options"]
@@ -354,6 +482,7 @@ def _check_options(options: Any, most: int, where: str, *, plain_only: bool = Tr
         here = f"{where}/{number}"
         if not isinstance(option, dict):
             raise _Invalid(f"{here}: an option must be an object")
+        _check_keys(option, _OPTION_KEYS, here)
         _check_text(option.get("text"), MAX_ELEMENT_TEXT, f"{here}/text", plain_only=plain_only)
         _check_string(option.get("value"), MAX_OPTION_VALUE, f"{here}/value")
 
@@ -370,7 +499,25 @@ def _check_text(obj: Any, most: int, where: str, *, plain_only: bool = False) ->
     allowed = ("plain_text",) if plain_only else ("plain_text", "mrkdwn")
     if not isinstance(obj, dict) or obj.get("type") not in allowed:
         raise _Invalid(f"{where}: must be a text object of type {' or '.join(allowed)}")
+    _check_keys(obj, _TEXT_KEYS[obj["type"]], where)
+    for flag in ("emoji", "verbatim"):
+        if flag in obj and not isinstance(obj[flag], bool):
+            raise _Invalid(f"{where}/{flag}: must be a boolean")
     _check_string(obj.get("text"), most, f"{where}/text")
+    _check_not_blank(obj["text"], f"{where}/text")
+
+
+def _check_keys(obj: JsonDict, known: frozenset[str], where: str) -> None:
+    """Slack's JSON schemas allow no property an object does not define."""
+    for key in obj:
+        if key not in known:
+            raise _Invalid(f"{where}: invalid additional property: {key}")
+
+
+def _check_not_blank(text: str, where: str) -> None:
+    # Slack trims text before it counts the "at least 1 character" minimum.
+    if not text.strip():
+        raise _Invalid(f"{where}: must contain more than whitespace")
 
 
 def _check_string(value: Any, most: int, where: str) -> None:
@@ -544,11 +691,15 @@ class SlackStandIn:
         bot_id: str = "B0BOT",
         app_id: str = "A0HITL",
         channels: Iterable[str] | None = None,
+        tier_scale: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         if rate_limit_per_channel is not None and rate_limit_per_channel <= 0:
             raise ValueError("rate_limit_per_channel must be positive, or None for no limit")
+        if tier_scale is not None and tier_scale <= 0:
+            raise ValueError("tier_scale must be positive, or None to follow the channel rate")
         if burst < 1:
             raise ValueError("burst must be at least 1")
         self.bot_token = bot_token
@@ -560,6 +711,12 @@ class SlackStandIn:
         self.bot_id = bot_id
         self.app_id = app_id
         self._allowed_channels = frozenset(channels) if channels is not None else None
+        # A stand-in allowing 20 messages a second per channel is a Slack 20 times as fast as
+        # the real one (1 a second): its method tiers are 20 times as generous too.
+        self.tier_scale = tier_scale if tier_scale is not None else rate_limit_per_channel
+        self._clock = clock
+        self._left_channels: set[str] = set()
+        self._method_tiers: dict[str, int] = dict(METHOD_TIERS)
         self._host = host
         self._port = port
         self._server: _Server | None = None
@@ -576,6 +733,7 @@ class SlackStandIn:
         self._responses: dict[str, _ResponseUrl] = {}
         self._calls: list[ApiCall] = []
         self._buckets: dict[str, _Bucket] = {}
+        self._method_buckets: dict[str, _Bucket] = {}
         self._failures: list[int] = []
         self._storm = 0
         self._storm_retry_after = 1
@@ -696,11 +854,43 @@ class SlackStandIn:
             return refusal.error
         return None
 
-    def register_method(self, method: str, handler: Callable[[JsonDict], JsonDict]) -> None:
+    def register_method(
+        self, method: str, handler: Callable[[JsonDict], JsonDict], *, tier: int = DEFAULT_TIER
+    ) -> None:
         """Serve one more Web API method: `handler(params)` runs with the stand-in's lock held
-        and returns the fields of an ok answer, or raises `StandInRefusal(error)`."""
+        and returns the fields of an ok answer, or raises `StandInRefusal(error)`. `tier` is
+        its rate limit tier (1 to 4, as on the method's reference page)."""
+        if tier not in TIER_PER_MINUTE:
+            raise ValueError(f"tier must be one of {sorted(TIER_PER_MINUTE)}, not {tier}")
         with self._lock:
             self._methods[method] = handler
+            self._method_tiers[method] = tier
+
+    def remove_bot(self, channel: str) -> None:
+        """Take the bot out of `channel`: calls that need membership answer `not_in_channel`."""
+        with self._lock:
+            self._left_channels.add(channel)
+
+    def invite_bot(self, channel: str) -> None:
+        """Make the bot a member of `channel` again (it is a member of every channel at first)."""
+        with self._lock:
+            self._left_channels.discard(channel)
+
+    def is_member(self, channel: str) -> bool:
+        """Whether the bot is in `channel` (every channel, until `remove_bot`)."""
+        with self._lock:
+            return channel not in self._left_channels
+
+    def method_rate(self, method: str) -> float | None:
+        """Calls a minute the stand-in allows `method` (its tier times `tier_scale`), or None.
+
+        chat.postMessage has no tier here: it is limited per channel (`rate_limit_per_channel`).
+        """
+        if self.tier_scale is None or method == "chat.postMessage":
+            return None
+        with self._lock:
+            tier = self._method_tiers.get(method, DEFAULT_TIER)
+        return TIER_PER_MINUTE[tier] * self.tier_scale
 
     def rate_limit_storm(self, count: int, *, retry_after: int = 1) -> None:
         """Answer the next `count` chat.postMessage calls with 429, whatever the bucket says."""
@@ -906,6 +1096,7 @@ class SlackStandIn:
             if handler is None:
                 raise _ApiError("unknown_method", status=404)
             with self._changed:
+                self._take_method_token(method)
                 refused = self._method_error(method, params)
                 if refused is not None:
                     raise _ApiError(refused)
@@ -941,14 +1132,14 @@ class SlackStandIn:
         }
 
     def _post_message(self, params: JsonDict) -> JsonDict:
-        channel = self._channel(params.get("channel"))
+        channel = self._member_channel(params.get("channel"))
         self._take_token(channel)
         message = self._new_message(params)
         self._messages.setdefault(channel, []).append(message)
         return {"channel": channel, "ts": message["ts"], "message": _public(message)}
 
     def _update(self, params: JsonDict) -> JsonDict:
-        channel = self._channel(params.get("channel"))
+        channel = self._member_channel(params.get("channel"))
         message = self._find(channel, str(params.get("ts") or ""))
         if message is None:
             raise _ApiError("message_not_found")
@@ -972,7 +1163,7 @@ class SlackStandIn:
         }
 
     def _post_ephemeral(self, params: JsonDict) -> JsonDict:
-        channel = self._channel(params.get("channel"))
+        channel = self._member_channel(params.get("channel"))
         user = params.get("user")
         if not isinstance(user, str) or not _USER_ID.fullmatch(user):
             raise _ApiError("user_not_found")
@@ -1000,6 +1191,10 @@ class SlackStandIn:
         view = params.get("view")
         if not isinstance(view, dict) or view.get("type") != "home":
             raise _ApiError("invalid_arguments", detail="view must be an object of type home")
+        unknown = sorted(set(view) - _HOME_VIEW_KEYS)
+        if unknown:
+            detail = f"/view: invalid additional property: {unknown[0]}"
+            raise _ApiError("invalid_arguments", detail=detail)
         reason = validate_blocks(view.get("blocks"), max_blocks=MAX_VIEW_BLOCKS)
         if reason is not None:
             raise _ApiError("invalid_arguments", detail=reason)
@@ -1042,10 +1237,10 @@ class SlackStandIn:
             raise _ApiError("invalid_arguments", detail="files must be a non-empty array")
         shared: list[str] = []
         if params.get("channel_id"):
-            shared.append(self._channel(params["channel_id"]))
+            shared.append(self._member_channel(params["channel_id"]))
         for channel in str(params.get("channels") or "").split(","):
             if channel.strip():
-                shared.append(self._channel(channel.strip()))
+                shared.append(self._member_channel(channel.strip()))
         pending: list[tuple[JsonDict, _PendingUpload]] = []
         for entry in entries:
             upload = self._uploads.get(str(entry.get("id"))) if isinstance(entry, dict) else None
@@ -1075,7 +1270,7 @@ class SlackStandIn:
         return {"files": copy.deepcopy(answered)}
 
     def _conversation_history(self, params: JsonDict) -> JsonDict:
-        channel = self._channel(params.get("channel"))
+        channel = self._member_channel(params.get("channel"))
         oldest = _ts_param(params.get("oldest"), 0.0)
         latest = _ts_param(params.get("latest"), math.inf)
         inclusive = _flag(params.get("inclusive"))
@@ -1119,7 +1314,7 @@ class SlackStandIn:
                 "is_channel": channel.startswith("C"),
                 "is_private": channel.startswith("G"),
                 "is_im": channel.startswith("D"),
-                "is_member": True,
+                "is_member": channel not in self._left_channels,
             }
         }
 
@@ -1145,7 +1340,7 @@ class SlackStandIn:
         rate = self.rate_limit_per_channel
         if rate is None:
             return
-        now = time.monotonic()
+        now = self._clock()
         bucket = self._buckets.setdefault(channel, _Bucket(float(self.burst), now))
         bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
@@ -1155,6 +1350,30 @@ class SlackStandIn:
         self._rate_limited += 1
         wait = max(1, math.ceil((1.0 - bucket.tokens) / rate))
         raise _ApiError("ratelimited", status=429, headers={"Retry-After": str(wait)})
+
+    def _take_method_token(self, method: str) -> None:
+        """The method's tier as a token bucket holding one minute's calls: bursts are welcome
+        (the tiers' own words) and the long-run rate is the tier's."""
+        per_minute = self.method_rate(method)
+        if per_minute is None:
+            return
+        now = self._clock()
+        bucket = self._method_buckets.setdefault(method, _Bucket(per_minute, now))
+        bucket.tokens = min(per_minute, bucket.tokens + (now - bucket.updated) * per_minute / 60)
+        bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return
+        self._rate_limited += 1
+        wait = max(1, math.ceil((1.0 - bucket.tokens) * 60 / per_minute))
+        raise _ApiError("ratelimited", status=429, headers={"Retry-After": str(wait)})
+
+    def _member_channel(self, value: Any) -> str:
+        """A known channel the bot is a member of; else channel_not_found / not_in_channel."""
+        channel = self._channel(value)
+        if channel in self._left_channels:
+            raise _ApiError("not_in_channel")
+        return channel
 
     def _check_content(self, text: str, blocks: Any, attachments: Any) -> None:
         if not text and not blocks and not attachments:

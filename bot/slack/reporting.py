@@ -11,6 +11,7 @@ from bot.review import item_view
 from bot.slack.blocks import escape, report_blocks
 from bot.slack.context import SlackDeps
 from bot.slack.messages import message_for
+from bot.slack.pacing import background
 from bot.states import RunStatus
 from bot.tasks import get_task
 from bot.training import RetrainResult, version_history
@@ -23,7 +24,16 @@ Respond = Callable[..., Any]
 def publish_result(
     deps: SlackDeps, result: RetrainResult, *, respond: Respond | None = None
 ) -> None:
-    """Post the report (and chart) to the task channel; update messages of resolved items."""
+    """Post the report (and chart) to the task channel; update messages of resolved items.
+
+    Every Web API call here is background work: a paced client (`bot.slack.pacing`) spreads the
+    edits of re-scored prompts over chat.update's tier and lets the edits of clicks go first.
+    """
+    with background():
+        _publish_result(deps, result, respond=respond)
+
+
+def _publish_result(deps: SlackDeps, result: RetrainResult, *, respond: Respond | None) -> None:
     report = result.report
     if not result.channel:
         if respond is not None:
@@ -66,7 +76,8 @@ def publish_failure(
     text = f":x: {escape(reason)}"
     try:
         if channel:
-            deps.client.chat_postMessage(channel=channel, text=text)
+            with background():
+                deps.client.chat_postMessage(channel=channel, text=text)
         elif respond is not None:
             respond(text=text, response_type="ephemeral", replace_original=False)
     except SlackApiError:

@@ -454,3 +454,38 @@ def test_a_bot_can_answer_a_click_through_the_response_url(
     stored = slack.message(CHANNEL, message["ts"])
     assert stored["text"] == "labelled by <@U0ALICE01>"
     assert [old["text"] for old in stored["history"]] == ["Review item 17"]
+
+
+def test_the_clicked_message_arrives_html_escaped_as_slack_sends_it(
+    bot: BotDouble, slack: SlackStandIn
+) -> None:
+    """`&`, `<`, `>` come as entities in message.text and block texts; markup stays markup."""
+    client = WebClient(token=TOKEN, base_url=slack.api_url)
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "plain_text", "text": "Tom & Jerry <b>1 > 0</b>"}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": "<@U0ALICE01> & &amp; a<b"}]},
+        {
+            "type": "actions",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": "go",
+                    "text": {"type": "plain_text", "text": "R&D"},
+                    "value": "1",
+                }
+            ],
+        },
+    ]
+    ts = client.chat_postMessage(
+        channel=CHANNEL, text="Review: Tom & Jerry <!here> &lt;x&gt; 2 > 1", blocks=blocks
+    )["ts"]
+    stored = slack.message(CHANNEL, str(ts))
+    reviewer(bot, standin=slack).click_button(stored, "go")
+    shown = bot.seen[0].payload()["message"]
+    assert shown["text"] == "Review: Tom &amp; Jerry <!here> &lt;x&gt; 2 &gt; 1"
+    section, context, actions = shown["blocks"]
+    assert section["text"]["text"] == "Tom &amp; Jerry &lt;b&gt;1 &gt; 0&lt;/b&gt;"
+    assert context["elements"][0]["text"] == "<@U0ALICE01> &amp; &amp; a&lt;b"
+    assert actions["elements"][0]["text"]["text"] == "R&amp;D"
+    # The stand-in keeps what the bot sent; only the payload is escaped.
+    assert slack.message(CHANNEL, str(ts))["blocks"][0]["text"]["text"].startswith("Tom & Jerry")

@@ -588,3 +588,213 @@ def test_wait_for_messages_returns_once_they_arrive(slack: SlackStandIn) -> None
         timer.join()
     with pytest.raises(TimeoutError):
         slack.wait_for_messages(CHANNEL, 2, timeout=0.1)
+
+
+# --- as strict as Slack ----------------------------------------------------------------------
+
+
+def mrkdwn(text: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": text, **extra}
+
+
+def plain(text: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "plain_text", "text": text, **extra}
+
+
+@pytest.mark.parametrize(
+    ("block", "where", "why"),
+    [
+        (
+            {"type": "section", "text": mrkdwn("hi", emoji=True)},
+            "/blocks/0/text",
+            "invalid additional property: emoji",
+        ),
+        (
+            {"type": "section", "text": plain("hi", verbatim=True)},
+            "/blocks/0/text",
+            "invalid additional property: verbatim",
+        ),
+        (
+            {"type": "section", "text": mrkdwn("hi"), "colour": "red"},
+            "/blocks/0",
+            "invalid additional property: colour",
+        ),
+        (
+            {"type": "actions", "elements": [{**button("a"), "label": "x"}]},
+            "/blocks/0/elements/0",
+            "invalid additional property: label",
+        ),
+        (
+            {"type": "actions", "elements": [{**select("m", 1), "emoji": True}]},
+            "/blocks/0/elements/0",
+            "invalid additional property: emoji",
+        ),
+        (
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        **select("m", 1),
+                        "options": [{"text": plain("a"), "value": "1", "selected": True}],
+                    }
+                ],
+            },
+            "/blocks/0/elements/0/options/0",
+            "invalid additional property: selected",
+        ),
+        (
+            {"type": "section", "text": plain("hi", emoji="no")},
+            "/blocks/0/text/emoji",
+            "must be a boolean",
+        ),
+    ],
+)
+def test_unknown_properties_are_invalid_additional_properties(
+    client: WebClient, block: dict[str, Any], where: str, why: str
+) -> None:
+    """Slack's schemas define every property; any other one is refused, naming it."""
+    error = api_error(lambda: client.chat_postMessage(channel=CHANNEL, text="x", blocks=[block]))
+    assert error.response["error"] == "invalid_blocks"
+    assert error.response["response_metadata"]["messages"] == [f"[ERROR] {where}: {why}"]
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"type": "section", "text": mrkdwn(" \n\t ")},
+        {"type": "section", "fields": [mrkdwn("ok"), plain("   ")]},
+        {"type": "context", "elements": [plain("\u00a0")]},
+        {"type": "header", "text": plain("  ")},
+        {"type": "actions", "elements": [button("a", text=" ")]},
+        {"type": "markdown", "text": "  "},
+    ],
+)
+def test_whitespace_only_text_is_refused(client: WebClient, block: dict[str, Any]) -> None:
+    error = api_error(lambda: client.chat_postMessage(channel=CHANNEL, text="x", blocks=[block]))
+    assert error.response["error"] == "invalid_blocks"
+    assert "more than whitespace" in error.response["response_metadata"]["messages"][0]
+
+
+IMAGE: dict[str, Any] = {"type": "image", "image_url": "https://example.com/a.png", "alt_text": "a"}
+
+
+@pytest.mark.parametrize(
+    ("block", "why"),
+    [
+        ({"type": "context", "elements": [button("a")]}, "not 'button'"),
+        ({"type": "actions", "elements": [IMAGE]}, "a image cannot go in a actions block"),
+        (
+            {"type": "actions", "elements": [{"type": "plain_text_input", "action_id": "t"}]},
+            "a plain_text_input cannot go in a actions block",
+        ),
+        (
+            {"type": "section", "text": mrkdwn("x"), "accessory": {"type": "file_input"}},
+            "a file_input cannot go in a section block",
+        ),
+        (
+            {"type": "input", "label": plain("x"), "element": button("a")},
+            "a button cannot go in a input block",
+        ),
+    ],
+)
+def test_elements_only_go_in_blocks_that_take_them(
+    client: WebClient, block: dict[str, Any], why: str
+) -> None:
+    error = api_error(lambda: client.chat_postMessage(channel=CHANNEL, text="x", blocks=[block]))
+    assert error.response["error"] == "invalid_blocks"
+    assert why in error.response["response_metadata"]["messages"][0]
+
+
+def test_what_slack_takes_is_still_taken(client: WebClient) -> None:
+    """Images in context and as an accessory, selects in actions, emoji flags on plain text."""
+    blocks: list[dict[str, Any]] = [
+        {"type": "context", "elements": [IMAGE, plain("a", emoji=False), mrkdwn("*b*")]},
+        {"type": "section", "text": mrkdwn("c", verbatim=True), "accessory": IMAGE},
+        {"type": "actions", "elements": [button("a"), select("m", 3)]},
+        {"type": "section", "text": plain("d"), "accessory": button("b")},
+    ]
+    assert validate_blocks(blocks) is None
+    client.chat_postMessage(channel=CHANNEL, text="x", blocks=blocks)
+
+
+def test_views_refuse_unknown_view_properties(client: WebClient) -> None:
+    view = {"type": "home", "blocks": [section("x")], "title": plain("Home")}
+    error = api_error(lambda: client.views_publish(user_id=USER, view=view))
+    assert error.response["error"] == "invalid_arguments"
+    assert (
+        "invalid additional property: title" in error.response["response_metadata"]["messages"][0]
+    )
+
+
+def test_a_bot_removed_from_a_channel_is_not_in_channel(
+    slack: SlackStandIn, client: WebClient
+) -> None:
+    """Member of every channel at first; removed, it cannot post, edit or read there."""
+    ts = client.chat_postMessage(channel=CHANNEL, text="before")["ts"]
+    slack.remove_bot(CHANNEL)
+    assert not slack.is_member(CHANNEL) and slack.is_member("C0OTHER1")
+    refused = [
+        lambda: client.chat_postMessage(channel=CHANNEL, text="x"),
+        lambda: client.chat_update(channel=CHANNEL, ts=ts, text="x"),
+        lambda: client.chat_postEphemeral(channel=CHANNEL, user=USER, text="x"),
+        lambda: client.conversations_history(channel=CHANNEL),
+    ]
+    for call in refused:
+        assert api_error(call).response["error"] == "not_in_channel"
+    assert client.conversations_info(channel=CHANNEL)["channel"]["is_member"] is False
+    client.chat_postMessage(channel="C0OTHER1", text="elsewhere")
+    slack.invite_bot(CHANNEL)
+    client.chat_update(channel=CHANNEL, ts=ts, text="after")
+    assert slack.message(CHANNEL, ts)["text"] == "after"
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("method", "per_minute"),
+    [
+        ("chat.update", 50),
+        ("conversations.history", 50),
+        ("conversations.info", 50),
+        ("chat.postEphemeral", 100),
+        ("views.publish", 100),
+        ("auth.test", 100),
+        ("files.getUploadURLExternal", 100),
+        ("files.completeUploadExternal", 100),
+    ],
+)
+def test_every_method_has_its_rate_tier(method: str, per_minute: int) -> None:
+    """A minute's calls as a burst, then 429 with Retry-After until the bucket refills."""
+    clock = StepClock()
+    with SlackStandIn(TOKEN, rate_limit_per_channel=None, tier_scale=1.0, clock=clock) as slack:
+        assert slack.method_rate(method) == per_minute
+    # A tenth of Slack's speed keeps the burst short: 5 calls a minute for Tier 3, 10 for Tier 4.
+    slow = per_minute // 10
+    with SlackStandIn(TOKEN, rate_limit_per_channel=None, tier_scale=0.1, clock=clock) as slack:
+        for _ in range(slow):
+            httpx.post(f"{slack.api_url}{method}", data={"token": TOKEN})
+        over = httpx.post(f"{slack.api_url}{method}", data={"token": TOKEN})
+        assert over.status_code == 429 and over.json()["error"] == "ratelimited"
+        assert int(over.headers["Retry-After"]) == 60 // slow
+        clock.now += 60 / slow
+        again = httpx.post(f"{slack.api_url}{method}", data={"token": TOKEN})
+        assert again.status_code == 200
+        assert slack.rate_limited_count == 1
+
+
+def test_tiers_follow_the_channel_rate_unless_told() -> None:
+    """A stand-in 20 times as fast as Slack per channel is 20 times as fast per method too."""
+    with SlackStandIn(TOKEN, rate_limit_per_channel=20.0) as fast:
+        assert fast.method_rate("chat.update") == 1000
+        assert fast.method_rate("chat.postMessage") is None  # limited per channel instead
+    with SlackStandIn(TOKEN, rate_limit_per_channel=None) as unlimited:
+        assert unlimited.method_rate("chat.update") is None
+    with SlackStandIn(TOKEN, rate_limit_per_channel=None, tier_scale=2.0) as scaled:
+        scaled.register_method("reactions.add", lambda params: {}, tier=2)
+        assert scaled.method_rate("reactions.add") == 40

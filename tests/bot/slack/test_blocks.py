@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 from slack_sdk.models.blocks import Block
+from slack_sdk.models.views import View
 
+from bot.demo.standin import validate_blocks
 from bot.report import LabelMove, Movers, RetrainReport
 from bot.slack import blocks, ids
 from bot.states import RunStatus
@@ -691,3 +693,96 @@ def test_section_backstop_never_splits_an_entity() -> None:
     text = section["text"]["text"]
     assert text.endswith("…") and len(text) <= SECTION_TEXT
     assert text[:-1] == "&amp;" * ((len(text) - 1) // 5)
+
+
+# --- what Slack itself would say ---------------------------------------------------------------
+
+HOSTILE = (
+    "<!channel> <@U0BOSS> *bold* _it_ ~s~ `c` &amp; & < > :skull: \u202e\u0000 \U0001f600 " * 60
+)
+MANY_LABELS = tuple(f"label {n} <&>" for n in range(230))
+
+
+def assert_slack_accepts(blocks_out: list[dict[str, Any]], *, max_blocks: int = 50) -> None:
+    """slack_sdk's models parse each block back to the same JSON and validate it, and the
+    stand-in (strict as Slack: no unknown properties, no blank text) has nothing to refuse."""
+    parsed = Block.parse_all(blocks_out)
+    assert len(parsed) == len(blocks_out)
+    for model, block in zip(parsed, blocks_out, strict=True):
+        model.validate_json()
+        # A property the SDK does not know would be dropped here: Slack would refuse it.
+        assert model.to_dict() == block
+    assert validate_blocks(blocks_out, max_blocks=max_blocks) is None
+
+
+def _prompts() -> dict[str, dict[str, Any]]:
+    few, many = ("refund", "bug"), MANY_LABELS
+    answered_at = WHEN
+    return {
+        "few labels, no model": blocks.review_prompt(prompt(few)),
+        "few labels, modelled": blocks.review_prompt(modelled(few)),
+        "many labels": blocks.review_prompt(modelled(many)),
+        "1000 labels": blocks.review_prompt(modelled(tuple(f"l{n}" for n in range(1000)))),
+        "long text": blocks.review_prompt(modelled(few, text="word " * 5000)),
+        "hostile text and labels": blocks.review_prompt(
+            prompt(
+                (HOSTILE[:300], " ", "&" * 200),
+                text=HOSTILE,
+                external_id=HOSTILE[:250],
+                guess=" ",
+                confidence=0.5,
+            )
+        ),
+        "blank text": blocks.review_prompt(prompt(few, text=" \n\t ")),
+        "answered": blocks.answered_prompt(
+            modelled(many, text=HOSTILE), label=HOSTILE, user_id="U0ALICE", answered_at=answered_at
+        ),
+        "resolved by the model": blocks.answered_prompt(
+            modelled(few), label="refund", user_id="model", answered_at=answered_at, by_model=True
+        ),
+        "change": blocks.change_prompt(
+            modelled(many, text=HOSTILE), answered_by="U0ALICE", previous_label=HOSTILE
+        ),
+        "override": blocks.change_prompt(modelled(few), answered_by=None),
+        "help": blocks.help_blocks(),
+        "tasks": blocks.tasks_blocks(
+            [blocks.TaskSummary(HOSTILE[:200], 3, "C0123ABCD", 0.8, 2, 5)]
+            + [blocks.TaskSummary(f"t{n}", 3, None, 0.5, None, 0) for n in range(300)]
+        ),
+        "no tasks": blocks.tasks_blocks([]),
+        "stats": blocks.stats_blocks(stats()),
+        "hostile stats": blocks.stats_blocks(
+            stats(task_name=HOSTILE[:300], last_report_summary=HOSTILE, labels_breakdown=" ")
+        ),
+        "bare stats": blocks.stats_blocks(
+            stats(model_version=None, model_metrics={}, top_reviewers=(), last_report_summary=None)
+        ),
+        "report": blocks.report_blocks(sample_report()),
+        "hostile report": blocks.report_blocks(
+            sample_report(headline=HOSTILE, reason=HOSTILE, task=HOSTILE[:200])
+        ),
+        "skipped report": blocks.report_blocks(
+            RetrainReport("t", RunStatus.SKIPPED, "t: nothing new")
+        ),
+        "threshold up": blocks.threshold_changed_blocks("t <&>", 0.5, new=0.9, user_id="U0A"),
+        "threshold same": blocks.threshold_changed_blocks("t", 0.5, new=0.5, user_id="import"),
+        "ephemeral": blocks.ephemeral_text("Not saved &amp; please click again"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_prompts()))
+def test_slack_sdk_models_accept_every_message(name: str) -> None:
+    message = _prompts()[name]
+    assert message["text"].strip()
+    assert_slack_accepts(message["blocks"])
+
+
+@pytest.mark.parametrize("tasks", [0, 1, 3, 60])
+def test_slack_sdk_view_model_accepts_the_app_home(tasks: int) -> None:
+    view = blocks.home_view(
+        [stats(task_name=f"{HOSTILE[:40]} {n}", last_report_summary=HOSTILE) for n in range(tasks)]
+    )
+    model = View(**view)
+    model.validate_json()
+    assert model.to_dict() == view
+    assert_slack_accepts(view["blocks"], max_blocks=VIEW_BLOCKS)
