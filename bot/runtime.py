@@ -10,6 +10,7 @@ from typing import Any
 
 import uvicorn
 from slack_bolt import App
+from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk.errors import SlackApiError
 
 from bot.errors import HitlError
@@ -46,6 +47,7 @@ class Runtime:
     listeners: ThreadPoolExecutor | None = None
     nightly: NightlyRetrain | None = None
     server: uvicorn.Server | None = None
+    socket_handler: SocketModeHandler | None = None
     threads: list[threading.Thread] = field(default_factory=list)
 
     @property
@@ -54,11 +56,26 @@ class Runtime:
         return f"http://{self.host}:{self.port}"
 
     def health(self) -> dict[str, Any]:
-        """What `/healthz` reports beside the database: how posting to Slack is going."""
-        return {"posting": self.poster.health()}
+        """What `/healthz` reports beside the database: posting to Slack, the Socket Mode link."""
+        return {"posting": self.poster.health(), "socket": {"state": self.socket_state()}}
+
+    def socket_state(self) -> str:
+        """`connected` or `disconnected` in Socket Mode (slack_sdk reconnects by itself); `off`."""
+        if not self.socket_mode:
+            return "off"
+        handler = self.socket_handler
+        return (
+            "connected" if handler is not None and handler.client.is_connected() else "disconnected"
+        )
 
     def start(self, *, schedule: bool = True) -> "Runtime":
-        """Start the poster, the nightly job and the HTTP server; returns once serving."""
+        """Start the poster, the nightly job and the HTTP server; returns once serving.
+
+        In Socket Mode the Slack connection comes first: a refused app token stops the start
+        before anything else runs. A connection that drops later is reopened by slack_sdk.
+        """
+        if self.socket_mode:
+            self.socket_handler = self._open_socket()
         self.poster.start()
         if schedule:
             deps = self.deps
@@ -87,13 +104,6 @@ class Runtime:
         thread = threading.Thread(target=self.server.run, name="hitl-http", daemon=True)
         thread.start()
         self.threads.append(thread)
-        if self.socket_mode:
-            from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-            token = self.services.settings.slack_app_token
-            assert token is not None  # checked in build_runtime
-            handler = SocketModeHandler(self.bolt, token.get_secret_value())
-            handler.connect()  # type: ignore[no-untyped-call]  # bolt leaves connect() unannotated
         deadline = time.monotonic() + 10
         while not self.server.started:
             if time.monotonic() > deadline or not thread.is_alive():
@@ -101,8 +111,30 @@ class Runtime:
             time.sleep(0.02)
         return self
 
+    def _open_socket(self) -> SocketModeHandler:
+        token = self.services.settings.slack_app_token
+        assert token is not None  # checked in build_runtime
+        handler = SocketModeHandler(self.bolt, token.get_secret_value())
+        try:
+            handler.connect()  # type: ignore[no-untyped-call]  # bolt leaves connect() unannotated
+        except SlackApiError as exc:
+            close_socket(handler)  # its threads run from construction on
+            raise SlackSetupError(
+                f"Slack refused the app token ({exc.response.get('error')}); check SLACK_APP_TOKEN"
+            ) from None
+        except OSError as exc:
+            close_socket(handler)
+            url = self.services.settings.slack_api_url
+            raise SlackSetupError(f"cannot reach Slack at {url}: {exc}") from None
+        return handler
+
     def stop(self) -> None:
         """Stop serving and posting."""
+        if self.socket_handler is not None:
+            # First, so no envelope arrives while the listener pool shuts down; without it the
+            # handler's threads outlive us and Slack keeps sending to a socket that acks nothing.
+            close_socket(self.socket_handler)
+            self.socket_handler = None
         if self.server is not None:
             self.server.should_exit = True
         for thread in self.threads:
@@ -113,6 +145,17 @@ class Runtime:
         if self.nightly is not None:
             self.nightly.stop()
         self.deps.background.shutdown(wait=False, cancel_futures=True)
+
+
+def close_socket(handler: SocketModeHandler) -> None:
+    """Close the Socket Mode connection and join every thread of the handler."""
+    client = handler.client
+    # close() joins the message processor, which waits up to 1 s on an empty queue before it
+    # looks at `closed` again; set the flag first and wake it with None, the "nothing" message
+    # it skips, so closing takes milliseconds instead.
+    client.closed = True
+    client.message_queue.put(None)
+    handler.close()  # type: ignore[no-untyped-call]  # bolt leaves close() unannotated
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -140,7 +183,10 @@ def build_runtime(
         raise SlackSetupError("SLACK_SIGNING_SECRET is not set; see README 'Set up in Slack'")
     services = services or build_services(settings)
     client = make_web_client(
-        settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url
+        settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url,
+        # Paced by Slack's method tiers, scaled like the poster's pace (1 s: Slack's own).
+        tier_scale=1.0 / poster_interval,
     )
     try:
         identity = client.auth_test()
