@@ -14,6 +14,7 @@ import typer.core
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
+from bot import outbox
 from bot import tasks as task_ops
 from bot.answers import import_examples
 from bot.errors import BadInputError, HitlError, NotFoundError
@@ -568,7 +569,8 @@ def stats_command(
         typer.Option(
             "--json",
             help="One JSON object: items, auto, review, review_queue, labels_by_source "
-            "(slack, import, spot_check, total, people), model_version, model_metrics…",
+            "(slack, import, spot_check, total, people), model_version, model_metrics, "
+            "posting (state, reason, since), prompts_failed…",
         ),
     ] = False,
 ) -> None:
@@ -593,6 +595,52 @@ def stats_command(
         + f"labels stored {stats.label_counts.total}: {stats.label_counts.breakdown()}"
         + f" (Slack answers in 7 days: {stats.answers_7d:,})"
     )
+    posting = stats.posting
+    if posting["state"] == "ok":
+        typer.echo("posting: ok")
+    else:
+        reason = str(posting["reason"])
+        hint = outbox.POSTING_HINTS.get(reason, "check the app's permissions in Slack")
+        typer.echo(f"posting: blocked since {posting['since']} ({reason}): prompts wait; {hint}")
+    if stats.prompts_failed:
+        typer.echo(
+            f"{stats.prompts_failed} prompts refused by Slack as malformed; "
+            f"`hitl prompts retry {stats.task}` sends them again"
+        )
+
+
+prompts_app = typer.Typer(
+    help="Review prompts in the outbox.",
+    epilog=examples("hitl prompts retry tickets"),
+    no_args_is_help=True,
+    context_settings=_HELP_OPTIONS,
+    rich_markup_mode=None,
+)
+app.add_typer(prompts_app, name="prompts")
+
+
+@prompts_app.command(
+    "retry", epilog=examples("hitl prompts retry tickets", "hitl prompts retry tickets --json")
+)
+def prompts_retry(
+    name: TaskName,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help='Print one JSON object: {"task": …, "requeued": N}.'),
+    ] = False,
+) -> None:
+    """Send again the prompts of a task that Slack refused as malformed (after a fix).
+
+    They go out before the task's waiting prompts; the re-queue is written to the audit log.
+    Prompts held back by a refused token or channel are not failed: they go out by themselves.
+    """
+    with services().sessions.begin() as session:
+        task = task_ops.get_task(session, name)
+        requeued = outbox.requeue_failed(session, task, actor=_actor(), now=utcnow())
+    if as_json:
+        echo_json({"task": name, "requeued": requeued})
+        return
+    typer.echo(f"{name}: {requeued} failed prompts re-queued")
 
 
 @app.command(
@@ -668,10 +716,18 @@ def export_command(
 
 
 @app.command(
-    "demo", epilog=examples("hitl demo", "hitl demo --items 200 --noise 0.1 --db /tmp/demo.db")
+    "demo",
+    epilog=examples(
+        "hitl demo",
+        "hitl demo --items 200 --noise 0.1 --db /tmp/demo.db",
+        "hitl demo --web --port 8080 --reviewers 1",
+    ),
 )
 def demo_command(
-    items: Annotated[int, typer.Option(min=20, max=750, help="Items to stream in.")] = 600,
+    items: Annotated[
+        int | None,
+        typer.Option(min=20, max=750, help="Items to stream in. Default: 600; 100 with --web."),
+    ] = None,
     seed_per_label: Annotated[
         int, typer.Option(min=3, max=40, help="Labelled examples per label to start from.")
     ] = 5,
@@ -688,31 +744,86 @@ def demo_command(
             "--db", help="SQLite file the demo leaves behind (replaced), chart beside it."
         ),
     ] = Path("hitl-demo.db"),
+    web: Annotated[
+        bool,
+        typer.Option(
+            "--web",
+            help="Serve the review channel as a page on 127.0.0.1 where you click the answers; "
+            "runs until Ctrl-C, then retrains and prints the summary.",
+        ),
+    ] = False,
+    port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="With --web: the page's port (0: a free one)."),
+    ] = None,
+    reviewers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=3,
+            help="With --web: simulated reviewers answering beside you, one answer every "
+            "few seconds each. Default: 0.",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole loop with a Slack stand-in and simulated reviewers; no Slack account needed."""
-    from bot.demo.run import run_demo
+    from bot.demo.run import DemoSummary, run_demo
 
-    typer.echo(
-        "hitl demo: BANKING77 subset (CC BY 4.0, Casanueva et al. 2020), a Slack stand-in on "
-        f"127.0.0.1 at {rate:g} msg/s (real Slack: about 1 per channel), 3 simulated reviewers",
-        err=True,
-    )
-    with progress_bar(items, label="items resolved") as advance:
-        seen = [0]
+    if not web and (port is not None or reviewers is not None):
+        raise typer.BadParameter("--port and --reviewers go with --web", param_hint="--web")
+    summary: DemoSummary
+    if web:
+        import threading
 
-        def progress(done: int, total: int) -> None:
-            advance(max(0, done - seen[0]))
-            seen[0] = max(seen[0], done)
+        from bot.demo.web import start_web_demo
 
-        summary = run_demo(
+        typer.echo(
+            "hitl demo --web: BANKING77 subset (CC BY 4.0, Casanueva et al. 2020), a Slack "
+            f"stand-in on 127.0.0.1, {reviewers or 0} simulated reviewers beside you",
+            err=True,
+        )
+        with start_web_demo(
             database=db,
-            items=items,
+            items=items or 100,
             seed_per_label=seed_per_label,
             noise=noise,
             rate=rate,
-            progress=progress,
+            reviewers=reviewers or 0,
+            port=port or 0,
+        ) as demo:
+            typer.echo(
+                f"open {demo.url} in a browser: click the answers, type /hitl commands; "
+                "Ctrl-C ends the demo, retrains and prints the summary"
+            )
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                typer.echo("\nstopping; retraining on every answer…", err=True)
+            summary = demo.finish()
+    else:
+        total = items or 600
+        typer.echo(
+            "hitl demo: BANKING77 subset (CC BY 4.0, Casanueva et al. 2020), a Slack stand-in on "
+            f"127.0.0.1 at {rate:g} msg/s (real Slack: about 1 per channel), 3 simulated "
+            "reviewers",
+            err=True,
         )
-        advance(items - seen[0])
+        with progress_bar(total, label="items resolved") as advance:
+            seen = [0]
+
+            def progress(done: int, total: int) -> None:
+                advance(max(0, done - seen[0]))
+                seen[0] = max(seen[0], done)
+
+            summary = run_demo(
+                database=db,
+                items=total,
+                seed_per_label=seed_per_label,
+                noise=noise,
+                rate=rate,
+                progress=progress,
+            )
+            advance(total - seen[0])
 
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.1%}"

@@ -12,6 +12,7 @@ import random
 import shlex
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,7 @@ from bot import tasks as task_ops
 from bot.demo.client import post_json
 from bot.demo.simulator import SlackUser
 from bot.demo.standin import SlackStandIn
-from bot.demo.wiring import wire_bot
+from bot.demo.wiring import WiredBot, wire_bot
 from bot.report import format_report_text, render_chart
 from bot.slack import ids
 from bot.training import retrain_task, version_history
@@ -120,6 +121,49 @@ def run_demo(
     """
     started = time.monotonic()
     rng = random.Random(random_seed)
+    plan = plan_demo(database, items=items, seed_per_label=seed_per_label, rng=rng)
+    with wire_demo_bot(plan, threshold=threshold, rate=rate) as bot:
+        streamed = stream_items(bot, plan)
+        truth, auto = streamed.truth, streamed.auto
+        answers, wrong = _review(
+            bot.slack,
+            bot.events_url,
+            bot.secret,
+            truth,
+            plan.labels,
+            rng=rng,
+            noise=noise,
+            expected=len(truth) - auto,
+            progress=progress,
+            done_before=auto,
+        )
+        return finish_demo(
+            bot, plan, streamed, answers=answers, wrong_answers=wrong, started=started
+        )
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What a demo run will use: its files, the task's labels, the seed and the item stream."""
+
+    database: Path
+    chart: Path
+    labels: list[str]
+    seed: list[tuple[str, str]]
+    stream: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """The items sent in: each item id's true label index, and the automatic answers."""
+
+    truth: dict[int, int]
+    auto: int
+    auto_correct: int
+
+
+def plan_demo(database: Path, *, items: int, seed_per_label: int, rng: random.Random) -> DemoPlan:
+    """Shuffle the subset into a seed and a stream; remove a previous run's files."""
     rows = demo_rows()
     labels = sorted({label for _, label in rows})
     rng.shuffle(rows)
@@ -132,74 +176,83 @@ def run_demo(
     for stale in (database, Path(f"{database}-wal"), Path(f"{database}-shm"), chart):
         stale.unlink(missing_ok=True)
     database.parent.mkdir(parents=True, exist_ok=True)
+    return DemoPlan(database, chart, labels, seed, stream)
 
-    with wire_bot(
-        database_url(database),
+
+def wire_demo_bot(
+    plan: DemoPlan, *, threshold: float, rate: float, admins: str = REVIEWERS[0]
+) -> AbstractContextManager[WiredBot]:
+    """The demo's bot against a stand-in: the task, its seed and a first model."""
+    return wire_bot(
+        database_url(plan.database),
         task=TASK,
-        labels=labels,
+        labels=plan.labels,
         channel=CHANNEL,
         threshold=threshold,
         rate=rate,
         api_token=API_TOKEN,
-        seed=seed,
-        admins=REVIEWERS[0],
+        seed=plan.seed,
+        admins=admins,
         bot_token="xoxb-demo",
         trigger="demo",
-    ) as bot:
-        truth: dict[int, int] = {}
-        auto = auto_correct = 0
-        for start in range(0, len(stream), BATCH):
-            batch = stream[start : start + BATCH]
-            body = {
-                "items": [{"id": f"demo-{start + i}", "text": t} for i, (t, _) in enumerate(batch)]
-            }
-            answer = post_json(f"{bot.runtime.url}/api/tasks/{TASK}/items", body, token=API_TOKEN)
-            for result, (_, label) in zip(answer["items"], batch, strict=True):
-                truth[result["item_id"]] = labels.index(label)
-                if result["route"] == "auto":
-                    auto += 1
-                    auto_correct += result["label"] == label
-        answers, wrong = _review(
-            bot.slack,
-            bot.events_url,
-            bot.secret,
-            truth,
-            labels,
-            rng=rng,
-            noise=noise,
-            expected=len(truth) - auto,
-            progress=progress,
-            done_before=auto,
-        )
-        bot.runtime.stop()  # every acknowledged click is stored before the retrain reads them
-        services = bot.services
-        second = retrain_task(
-            services.sessions,
-            TASK,
-            registry=services.registry,
-            settings=services.settings,
-            trigger="demo",
-            force=True,
-        )
-        with services.sessions.begin() as session:
-            history = version_history(session, task_ops.get_task(session, TASK))
-        chart.write_bytes(render_chart(second.report, history))
-        first = bot.first_model
+    )
 
+
+def stream_items(bot: WiredBot, plan: DemoPlan) -> Streamed:
+    """Send the stream through the items API in batches, as a client would."""
+    truth: dict[int, int] = {}
+    auto = auto_correct = 0
+    stream = plan.stream
+    for start in range(0, len(stream), BATCH):
+        batch = stream[start : start + BATCH]
+        body = {"items": [{"id": f"demo-{start + i}", "text": t} for i, (t, _) in enumerate(batch)]}
+        answer = post_json(f"{bot.runtime.url}/api/tasks/{TASK}/items", body, token=API_TOKEN)
+        for result, (_, label) in zip(answer["items"], batch, strict=True):
+            truth[result["item_id"]] = plan.labels.index(label)
+            if result["route"] == "auto":
+                auto += 1
+                auto_correct += result["label"] == label
+    return Streamed(truth, auto, auto_correct)
+
+
+def finish_demo(
+    bot: WiredBot,
+    plan: DemoPlan,
+    streamed: Streamed,
+    *,
+    answers: int,
+    wrong_answers: int,
+    started: float,
+) -> DemoSummary:
+    """Stop the bot, retrain on every answer, write the chart and sum the run up."""
+    bot.runtime.stop()  # every acknowledged click is stored before the retrain reads them
+    services = bot.services
+    second = retrain_task(
+        services.sessions,
+        TASK,
+        registry=services.registry,
+        settings=services.settings,
+        trigger="demo",
+        force=True,
+    )
+    with services.sessions.begin() as session:
+        history = version_history(session, task_ops.get_task(session, TASK))
+    plan.chart.write_bytes(render_chart(second.report, history))
+    first = bot.first_model
     return DemoSummary(
-        items=len(stream),
-        auto=auto,
-        auto_correct=auto_correct,
+        items=len(plan.stream),
+        auto=streamed.auto,
+        auto_correct=streamed.auto_correct,
         answers=answers,
-        wrong_answers=wrong,
+        wrong_answers=wrong_answers,
         version_before=first.version if first else None,
         version_after=second.version,
         accuracy_before=first.report.new_accuracy if first else None,
         accuracy_after=second.report.new_accuracy,
         report=format_report_text(second.report),
         seconds=time.monotonic() - started,
-        database=database,
-        chart=chart,
+        database=plan.database,
+        chart=plan.chart,
     )
 
 
