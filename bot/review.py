@@ -46,8 +46,9 @@ class ItemView:
     answered_by: str | None
     answered_at: datetime | None
     resolved_at: datetime | None
-    channel: str | None
+    channel: str | None  # the channel of its prompt; None when it never had one
     message_ts: str | None
+    requested_by: str | None = None
 
 
 def item_view(session: Session, item_id: int) -> ItemView:
@@ -81,8 +82,9 @@ def item_view(session: Session, item_id: int) -> ItemView:
         if decided and item.final_source == LabelSource.PERSON
         else None,
         resolved_at=item.resolved_at,
-        channel=prompt.channel if prompt else task.channel,
+        channel=prompt.channel if prompt else None,
         message_ts=prompt.message_ts if prompt else None,
+        requested_by=item.requested_by,
     )
 
 

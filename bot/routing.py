@@ -70,6 +70,7 @@ def submit(
     registry: ModelRegistry,
     max_chars: int,
     source: str = "api",
+    requested_by: str | None = None,
     now: datetime | None = None,
 ) -> list[Routed]:
     """Classify and store a batch; review items are queued for a person.
@@ -124,6 +125,7 @@ def submit(
                     "final_label": label if route == Route.AUTO else None,
                     "final_source": LabelSource.MODEL if route == Route.AUTO else None,
                     "resolved_at": now if route == Route.AUTO else None,
+                    "requested_by": requested_by,
                 }
                 for item, route, label in zip(fresh, routes, labels, strict=True)
             ],

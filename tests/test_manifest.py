@@ -22,6 +22,7 @@ METHOD_SCOPES: dict[str, tuple[str, str | tuple[str, ...] | None]] = {
     "files_getUploadURLExternal": ("files.getUploadURLExternal", "files:write"),
     "files_completeUploadExternal": ("files.completeUploadExternal", "files:write"),
     "views_publish": ("views.publish", None),
+    "views_open": ("views.open", None),
     # Task channels may be public or private: each kind has its own history scope.
     "conversations_history": ("conversations.history", ("channels:history", "groups:history")),
     "auth_test": ("auth.test", None),
@@ -88,14 +89,14 @@ def test_display_information(manifest: dict[str, Any]) -> None:
 
 
 def test_bot_user_and_app_home(manifest: dict[str, Any]) -> None:
-    """A bot user that is always online; the Home tab on, the Messages tab off."""
+    """A bot user that is always online; the Home tab on, the Messages tab read-only."""
     features = manifest["features"]
     bot_user = features["bot_user"]
     assert text_within(bot_user["display_name"], 1, 80)
     assert bot_user["always_online"] is True
     home = features["app_home"]
     assert home["home_tab_enabled"] is True
-    assert home["messages_tab_enabled"] is False
+    assert home["messages_tab_enabled"] is True and home["messages_tab_read_only_enabled"] is True
     assert all(isinstance(value, bool) for value in home.values())
 
 

@@ -107,6 +107,11 @@ class StatsView:
     model_version: int | None
     model_metrics: Mapping[str, float] = field(default_factory=dict)
     last_report_summary: str | None = None
+    # Set while Slack refuses the bot's token or the task's channel: why, since when, what to do.
+    posting_blocked: str | None = None
+    posting_since: datetime | None = None
+    posting_hint: str | None = None
+    prompts_failed: int = 0  # refused by Slack as malformed
 
 
 # --- text helpers -----------------------------------------------------------------------------
@@ -562,10 +567,31 @@ def _reviewers(s: StatsView) -> str:
     return ", ".join(f"{mention(user)} {count:,}" for user, count in s.top_reviewers[:5])
 
 
+def _posting_warning(s: StatsView) -> str | None:
+    """Why prompts do not reach the channel, and what to do; None while they do."""
+    lines = []
+    if s.posting_blocked is not None:
+        since = f" since {_slack_date(s.posting_since)}" if s.posting_since else ""
+        lines.append(
+            f":warning: *Prompts are not posted*{since}: Slack says `{escape(s.posting_blocked)}`."
+            " They wait and go out by themselves once posting works again."
+        )
+        if s.posting_hint:
+            lines.append(f"To fix: {escape(s.posting_hint)}.")
+    if s.prompts_failed:
+        lines.append(
+            f":x: {s.prompts_failed:,} prompts were refused by Slack as malformed;"
+            f" `hitl prompts retry {escape(_fit(s.task_name, 80))}` sends them again after a fix."
+        )
+    return "\n".join(lines) or None
+
+
 def stats_blocks(s: StatsView) -> Message:
     """`/hitl stats`: traffic, answers and the model, in short fields that read well on a phone."""
+    warning = _posting_warning(s)
     blocks: list[Block] = [
         _header(f"Stats: {_fit(s.task_name, 100)}"),
+        *([_section(warning)] if warning else []),
         _fields_section(_traffic_fields(s)),
         _fields_section(_model_fields(s)),
     ]
@@ -574,6 +600,8 @@ def stats_blocks(s: StatsView) -> Message:
     if s.last_report_summary:
         blocks.append(_context(_mrkdwn(escape(_fit(s.last_report_summary, 2000)))))
     queue = f"{s.review_queue:,} waiting"
+    if s.posting_blocked is not None:
+        queue += f", posting stopped ({escape(s.posting_blocked)})"
     return {"text": f"Stats of {_task(s.task_name)}: {queue}", "blocks": blocks}
 
 
@@ -750,3 +778,77 @@ def report_blocks(report: RetrainReport) -> Message:
         blocks.append(_context(_mrkdwn(" ".join(notes))))
     summary = "; ".join(report_lines(report)[:3])
     return {"text": escape(_fit(summary, SECTION_TEXT_LIMIT)), "blocks": blocks}
+
+
+# --- "Send to hitl" (message shortcut) ----------------------------------------------------------
+
+
+def send_to_task_view(task_names: Sequence[str], *, preview: str, metadata: str) -> dict[str, Any]:
+    """The modal of the "Send to hitl" shortcut: the message's start and a task to send it to.
+
+    `metadata` (at most 3,000 characters, Slack's limit) comes back with the submission.
+    """
+    options = [
+        {"text": _plain(_fit(name, ELEMENT_TEXT_LIMIT), literal=True), "value": name}
+        for name in task_names[:MAX_SELECT_OPTIONS]
+    ]
+    return {
+        "type": "modal",
+        "callback_id": ids.VIEW_SEND,
+        "title": _plain("Send to hitl"),
+        "submit": _plain("Send"),
+        "close": _plain("Cancel"),
+        "private_metadata": metadata,
+        "blocks": [
+            _section(f">{escape(_fit(' '.join(preview.split()), 300))}"),
+            {
+                "type": "input",
+                "block_id": ids.BLOCK_SEND_TASK,
+                "label": _plain("Task"),
+                "element": {
+                    "type": "static_select",
+                    "action_id": ids.ACTION_SEND_TASK,
+                    "placeholder": _plain("Choose a task"),
+                    "options": options,
+                    **({"initial_option": options[0]} if len(options) == 1 else {}),
+                },
+            },
+        ],
+    }
+
+
+def sent_to_task_reply(
+    task_name: str,
+    *,
+    route: str,
+    label: str | None,
+    confidence: float,
+    model_version: int | None,
+    channel: str | None,
+) -> Message:
+    """What the person who sent a message to a task is told at once."""
+    if label is None:
+        verdict = "There is no model yet, so a person will label it"
+    else:
+        verdict = (
+            f"{_model_name(model_version)} says *{escape(_fit(label, 200))}* "
+            f"at {_confidence(confidence)}"
+        )
+    if route == "auto":
+        what = f"{verdict}: confident enough, so that is its answer."
+    else:
+        where = f" in {_channel(channel)}" if channel else ""
+        what = (
+            f"{verdict}: below the threshold, so it went to review{where}. "
+            "You will hear the answer."
+        )
+    return ephemeral_text(f":inbox_tray: Sent to {_task(task_name)}. {what}")
+
+
+def reviewer_answered_notice(task_name: str, *, label: str, user_id: str, text: str) -> Message:
+    """The message the sender gets when a reviewer has labelled what they sent."""
+    quote = escape(_fit(" ".join(text.split()), 200))
+    return ephemeral_text(
+        f":white_check_mark: {mention(user_id)} labelled your message for {_task(task_name)} "
+        f"as *{escape(_fit(label, 200))}*:\n>{quote}"
+    )

@@ -32,6 +32,12 @@ ACTION_SKIP: Final = "hitl_skip"
 ACTION_CHANGE: Final = "hitl_change"
 ACTION_OVERRIDE: Final = "hitl_override"
 
+# The message shortcut "Send to hitl" and the modal it opens to pick a task.
+SHORTCUT_SEND: Final = "hitl_send_to_task"
+VIEW_SEND: Final = "hitl_send_to_task_modal"
+BLOCK_SEND_TASK: Final = "hitl_task_block"
+ACTION_SEND_TASK: Final = "hitl_task_choice"
+
 LABEL_ACTION_PATTERN: Final = re.compile(rf"^{ACTION_LABEL}:[0-9]+$")
 LABEL_MENU_PATTERN: Final = re.compile(rf"^{ACTION_LABEL_MENU}:[0-9]+$")
 

@@ -113,6 +113,8 @@ class Item(Base):
     final_label: Mapped[str | None] = mapped_column(String(200))
     final_source: Mapped[str | None] = mapped_column(String(16))
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Who sent it from Slack ("Send to hitl"): told when a reviewer answers.
+    requested_by: Mapped[str | None] = mapped_column(String(64))
 
     task: Mapped[Task] = relationship()
 
@@ -258,3 +260,28 @@ class RetrainRun(Base):
 
     def __repr__(self) -> str:
         return f"RetrainRun(task_id={self.task_id!r}, {self.trigger}, {self.status})"
+
+
+class PostingBlock(Base):
+    """Posting to Slack is stopped, for every channel (a refused token) or for one channel.
+
+    Kept in the database so that the CLI (another process) can show it and several posters
+    agree on it: one of them probes at `next_probe_at`, and the first post that gets through
+    removes the row.
+    """
+
+    __tablename__ = "posting_block"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # The channel a channel block stops; "" for a token block, which stops them all.
+    channel: Mapped[str] = mapped_column(String(32), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(64))
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_probe_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    probes: Mapped[int] = mapped_column(Integer, default=0)
+
+    def __repr__(self) -> str:
+        where = self.channel or "every channel"
+        return (
+            f"PostingBlock({self.scope} {where}: {self.reason!r} since {self.since:%Y-%m-%d %H:%M})"
+        )

@@ -16,6 +16,7 @@ from bot.stats import task_stats
 from bot.storage.db import current_revision
 from bot.storage.schema import Answer, AuditLog, Item, Prediction, ReviewPrompt
 from bot.training import retrain_task
+from tests.bot.storage.test_migrations import HEAD
 from tests.conftest import TINY
 
 LABELS = ["positive", "negative"]
@@ -60,7 +61,7 @@ def test_migrations_create_every_table(services: Services) -> None:
         "retrain_run",
         "alembic_version",
     } <= tables
-    assert current_revision(services.engine) == "0004"
+    assert current_revision(services.engine) == HEAD
 
 
 def test_task_names_are_unique_and_creation_audited(services: Services) -> None:

@@ -12,7 +12,7 @@ from slack_bolt import App, BoltContext
 
 from bot.slack import ids
 from bot.slack.context import DEPS_KEY, SlackDeps
-from bot.slack.listeners import actions, commands, events
+from bot.slack.listeners import actions, commands, events, shortcuts
 
 
 def register(app: App, deps: SlackDeps) -> None:
@@ -32,3 +32,5 @@ def register(app: App, deps: SlackDeps) -> None:
     app.action(ids.ACTION_OVERRIDE)(actions.on_reopen)
     app.command(ids.SLASH_COMMAND)(commands.on_hitl_command)
     app.event("app_home_opened")(events.on_app_home_opened)
+    app.shortcut(ids.SHORTCUT_SEND)(shortcuts.on_send_to_task)
+    app.view(ids.VIEW_SEND)(shortcuts.on_send_submitted)

@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from bot.errors import HitlError
 from bot.review import (
     ALREADY_LABELLED,
+    STORED,
     ClickOutcome,
     ItemView,
     answer_click,
@@ -25,6 +26,7 @@ from bot.review import (
 )
 from bot.slack import blocks, ids
 from bot.slack.context import SlackDeps, deps_of
+from bot.slack.listeners.shortcuts import origin_channel, tell_sender
 from bot.slack.messages import message_for, prompt_input
 from bot.states import LabelSource
 
@@ -133,7 +135,11 @@ def check_origin(view: ItemView, body: dict[str, Any]) -> None:
     item's own prompt message must be the one that was clicked.
     """
     channel, ts = where(body)
-    if view.message_ts is None or (view.channel, view.message_ts) != (channel, ts):
+    if view.channel != channel:
+        raise HitlError("that button does not belong to this message")
+    # A message Slack has shown but whose ts the poster has not written down yet (a click in
+    # the moment after posting, or an answer that never came back) is checked by channel only.
+    if view.message_ts is not None and view.message_ts != ts:
         raise HitlError("that button does not belong to this message")
 
 
@@ -206,3 +212,9 @@ def choose(deps: SlackDeps, body: dict[str, Any], value: str) -> None:
     if outcome.status == ALREADY_LABELLED:
         tell(deps, body, already(outcome))
     refresh(deps, body, item_id)
+    if outcome.status == STORED and view.requested_by:
+        # The item came from Slack ("Send to hitl"): its sender wanted to hear the answer.
+        notice = blocks.reviewer_answered_notice(
+            view.task_name, label=str(outcome.label), user_id=user, text=view.text
+        )
+        tell_sender(deps, view.requested_by, notice, channel=origin_channel(view.external_id))

@@ -185,6 +185,7 @@ def test_api_requires_the_bearer_token_and_checks_the_body(bot: Bot) -> None:
         "ok": True,
         "database": "ok",
         "posting": {"state": "ok"},
+        "socket": {"state": "off"},
     }
 
 
