@@ -216,24 +216,43 @@ def task_create(
     features: Annotated[
         FeaturizerName, typer.Option(help="Featurizer for this task's model.")
     ] = DEFAULT_FEATURIZER,
+    team: Annotated[
+        str | None,
+        typer.Option(
+            help="Slack workspace ID (T…) of the channel; required when the app serves many "
+            "workspaces (SLACK_CLIENT_ID and SLACK_CLIENT_SECRET set)."
+        ),
+    ] = None,
 ) -> None:
     """Create a task with an ordered label set."""
     if (labels is None) == (labels_file is None):
         raise BadInputError("give the labels with exactly one of --labels or --labels-file")
+    team_id = task_ops.validate_team(team)
     label_list = (
         task_ops.read_labels_file(labels_file)
         if labels_file
         else task_ops.parse_labels(labels or "")
     )
     svc = services()
+    if team_id is None and svc.settings.multi_workspace:
+        raise BadInputError(
+            "the app serves many workspaces: name the task's workspace with --team T…"
+        )
     value = task_ops.parse_threshold(threshold) if threshold else svc.settings.default_threshold
     with svc.sessions.begin() as session:
         task = task_ops.create_task(
-            session, name, label_list, channel=channel, threshold=value, featurizer=features
+            session,
+            name,
+            label_list,
+            channel=channel,
+            threshold=value,
+            featurizer=features,
+            team_id=team_id,
         )
         typer.echo(
             f"created task {task.name!r}: {len(task.labels)} labels, threshold {task.threshold:g}"
             + (f", channel {task.channel}" if task.channel else ", no channel yet")
+            + (f", workspace {task.team_id}" if task.team_id else "")
         )
 
 
@@ -280,7 +299,8 @@ def task_show(
         bool,
         typer.Option(
             "--json",
-            help="Print one JSON object: name, labels, channel, threshold, features, created_at.",
+            help="Print one JSON object: name, labels, channel, workspace, threshold, features, "
+            "created_at.",
         ),
     ] = False,
 ) -> None:
@@ -291,6 +311,7 @@ def task_show(
             "name": task.name,
             "labels": list(task.labels),
             "channel": task.channel,
+            "workspace": task.team_id,
             "threshold": task.threshold,
             "features": task.featurizer,
             "created_at": task.created_at.isoformat(),

@@ -44,6 +44,10 @@ POSTING_HINTS = {
     "is_archived": "unarchive the channel, or change the task's channel",
     "channel_is_archived": "unarchive the channel, or change the task's channel",
     "restricted_action": "let apps post in the channel (workspace or channel settings)",
+    # Multi-workspace mode: the workspace's installation is gone.
+    "app_uninstalled": "install the app in the workspace again (/slack/install)",
+    "tokens_revoked": "install the app in the workspace again (/slack/install)",
+    "not_installed": "install the app in the task's workspace (/slack/install)",
 }
 
 
@@ -72,6 +76,7 @@ class DuePrompt:
     item_id: int
     channel: str
     due_at: datetime
+    team_id: str | None = None
 
 
 def enqueue(
@@ -156,12 +161,18 @@ def due_heads(session: Session) -> list[DuePrompt]:
         .group_by(Task.channel)
     )
     rows = session.execute(
-        select(ReviewPrompt.id, ReviewPrompt.item_id, Task.channel, ReviewPrompt.next_attempt_at)
+        select(
+            ReviewPrompt.id,
+            ReviewPrompt.item_id,
+            Task.channel,
+            ReviewPrompt.next_attempt_at,
+            Task.team_id,
+        )
         .join(Item, Item.id == ReviewPrompt.item_id)
         .join(Task, Task.id == Item.task_id)
         .where(ReviewPrompt.id.in_(oldest))
     ).all()
-    return [DuePrompt(int(r[0]), int(r[1]), str(r[2]), r[3]) for r in rows]
+    return [DuePrompt(int(r[0]), int(r[1]), str(r[2]), r[3], r[4]) for r in rows]
 
 
 def claim(session: Session, prompt_id: int, *, now: datetime) -> Claim | None:
@@ -308,7 +319,8 @@ def failed_count(session: Session, task: Task) -> int:
 
 @dataclass(frozen=True)
 class Block:
-    """Posting stopped: for every channel (`scope` token, `channel` "") or for one channel."""
+    """Posting stopped: for every channel (`scope` token, `channel` ""), for one channel, or
+    for one workspace (`scope` workspace, `channel` its team ID)."""
 
     scope: PostingScope
     channel: str
@@ -348,12 +360,13 @@ def posting_blocks(session: Session) -> list[Block]:
 def block_posting(
     session: Session, scope: PostingScope, *, channel: str = "", reason: str, now: datetime
 ) -> bool:
-    """Stop posting (to `channel`, or at all for a token block); True if it was not stopped yet.
+    """Stop posting (to `channel`, to the workspace `channel` names, or at all for a token
+    block); True if it was not stopped yet.
 
     An existing block keeps its `since` and its probe schedule; only the reason is brought up
     to date.
     """
-    key = channel if scope == PostingScope.CHANNEL else ""
+    key = _key(scope, channel)
     values = {
         "scope": scope.value,
         "channel": key,
@@ -400,7 +413,7 @@ def claim_probe(session: Session, block: Block, *, now: datetime) -> bool:
 
 def unblock_posting(session: Session, scope: PostingScope, *, channel: str = "") -> Block | None:
     """Posting works again: remove the block; returns it, or None if there was none."""
-    key = channel if scope == PostingScope.CHANNEL else ""
+    key = _key(scope, channel)
     found = [b for b in posting_blocks(session) if b.scope == scope and b.channel == key]
     removed = session.execute(  # type: ignore[attr-defined]  # a DELETE's CursorResult
         delete(PostingBlock).where(PostingBlock.scope == scope.value, PostingBlock.channel == key)
@@ -408,11 +421,24 @@ def unblock_posting(session: Session, scope: PostingScope, *, channel: str = "")
     return found[0] if found and removed == 1 else None
 
 
-def posting_state(session: Session, channel: str | None) -> dict[str, Any]:
-    """Whether prompts to `channel` can go out: `{"state": "ok"}`, or the block that stops
-    them (a token block stops every channel)."""
+def _key(scope: PostingScope, channel: str) -> str:
+    """The `channel` column of a block: "" for the token, else the channel or team ID."""
+    return "" if scope == PostingScope.TOKEN else channel
+
+
+def posting_state(
+    session: Session, channel: str | None, *, team_id: str | None = None
+) -> dict[str, Any]:
+    """Whether prompts to `channel` (in workspace `team_id`) can go out: `{"state": "ok"}`, or
+    the block that stops them (a token block stops every channel, a workspace block all of
+    that workspace's)."""
     blocks = posting_blocks(session)
     token = [b for b in blocks if b.scope == PostingScope.TOKEN]
+    team = [
+        b
+        for b in blocks
+        if b.scope == PostingScope.WORKSPACE and team_id is not None and b.channel == team_id
+    ]
     mine = [b for b in blocks if b.scope == PostingScope.CHANNEL and b.channel == channel]
-    found = token or mine
+    found = token or team or mine
     return found[0].as_dict() if found else {"state": "ok"}

@@ -19,7 +19,8 @@ from bot.server import build_http_app
 from bot.services import Services, build_services
 from bot.settings import Settings
 from bot.slack.app import build_bolt_app, listener_pool
-from bot.slack.context import SlackDeps, make_web_client
+from bot.slack.context import SlackDeps, WorkspaceClients, make_web_client
+from bot.slack.install import installation_store, oauth_settings
 from bot.slack.messages import message_for
 from bot.slack.poster import Poster
 from bot.slack.reporting import publish_failure, publish_result
@@ -175,6 +176,15 @@ def build_runtime(
     socket_mode: bool = False,
 ) -> Runtime:
     """Check the Slack credentials and wire every part of the serve process."""
+    if settings.multi_workspace:
+        return _build_multi_workspace(
+            settings,
+            services=services,
+            host=host,
+            port=port,
+            poster_interval=poster_interval,
+            socket_mode=socket_mode,
+        )
     if settings.slack_bot_token is None:
         raise SlackSetupError("SLACK_BOT_TOKEN is not set; see README 'Set up in Slack'")
     if socket_mode and settings.slack_app_token is None:
@@ -201,6 +211,7 @@ def build_runtime(
         services=services,
         client=client,
         background=ThreadPoolExecutor(max_workers=2, thread_name_prefix="hitl-job"),
+        clients=WorkspaceClients(client),
     )
     secret = settings.slack_signing_secret
     listeners = listener_pool()
@@ -219,5 +230,75 @@ def build_runtime(
         host=host or settings.host,
         port=settings.port if port is None else port,
         socket_mode=socket_mode,
+        listeners=listeners,
+    )
+
+
+def _build_multi_workspace(
+    settings: Settings,
+    *,
+    services: Services | None,
+    host: str | None,
+    port: int | None,
+    poster_interval: float,
+    socket_mode: bool,
+) -> Runtime:
+    """The serve process for many workspaces: OAuth install flow, a bot token per workspace
+    from the installation store (no SLACK_BOT_TOKEN), HTTP only."""
+    if settings.slack_signing_secret is None:
+        raise SlackSetupError("SLACK_SIGNING_SECRET is not set; see README 'Set up in Slack'")
+    if socket_mode or settings.slack_app_token is not None:
+        raise SlackSetupError(
+            "Socket Mode serves one workspace; unset SLACK_APP_TOKEN to serve many workspaces "
+            "(SLACK_CLIENT_ID, SLACK_CLIENT_SECRET), or unset those two"
+        )
+    services = services or build_services(settings)
+    base_url = settings.slack_api_url
+    store = installation_store(settings, services.engine)
+    # No token of its own: the OAuth flow calls oauth.v2.access with it, and Bolt gives each
+    # request the token of its workspace.
+    client = make_web_client(None, base_url=base_url)
+    clients = WorkspaceClients(
+        client,
+        store=store,
+        make=lambda token: make_web_client(
+            token, base_url=base_url, tier_scale=1.0 / poster_interval
+        ),
+    )
+    deps = SlackDeps(
+        services=services,
+        client=client,
+        background=ThreadPoolExecutor(max_workers=2, thread_name_prefix="hitl-job"),
+        clients=clients,
+    )
+    listeners = listener_pool()
+    bolt = build_bolt_app(
+        deps,
+        signing_secret=settings.slack_signing_secret.get_secret_value(),
+        listeners=listeners,
+        oauth=oauth_settings(
+            settings, store=store, engine=services.engine, sessions=services.sessions
+        ),
+    )
+    poster_clients = WorkspaceClients(
+        make_web_client(None, base_url=base_url, retries=False),
+        store=store,
+        make=lambda token: make_web_client(token, base_url=base_url, retries=False),
+    )
+    poster = Poster(
+        services.sessions,
+        poster_clients.default,
+        message_for,
+        min_interval=poster_interval,
+        client_for=poster_clients.for_team,
+    )
+    logger.info("serving many Slack workspaces; each installs the app at /slack/install")
+    return Runtime(
+        services=services,
+        deps=deps,
+        bolt=bolt,
+        poster=poster,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
         listeners=listeners,
     )

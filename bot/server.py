@@ -26,6 +26,7 @@ from bot.ingest import IncomingItem
 from bot.queries import item_details
 from bot.routing import submit
 from bot.services import Services
+from bot.slack.install import INSTALL_PATH, REDIRECT_PATH
 from bot.storage.db import in_transaction
 from bot.tasks import get_task
 
@@ -212,6 +213,24 @@ def build_http_app(
             return _error(400, "could not process this Slack request")
         return to_starlette_response(response)
 
+    async def oauth_install(request: Request) -> Response:
+        flow = bolt_app.oauth_flow if bolt_app is not None else None
+        if flow is None:
+            return _error(404, "not installable: set SLACK_CLIENT_ID and SLACK_CLIENT_SECRET")
+        bolt_request = to_bolt_request(request, b"")
+        return to_starlette_response(
+            await run_in_threadpool(flow.handle_installation, bolt_request)
+        )
+
+    async def oauth_redirect(request: Request) -> Response:
+        flow = bolt_app.oauth_flow if bolt_app is not None else None
+        if flow is None:
+            return _error(404, "not installable: set SLACK_CLIENT_ID and SLACK_CLIENT_SECRET")
+        # Bolt checks the state (our state store and the browser's cookie) before it trades
+        # the code for a token.
+        bolt_request = to_bolt_request(request, b"")
+        return to_starlette_response(await run_in_threadpool(flow.handle_callback, bolt_request))
+
     async def post_items(request: Request) -> Response:
         refused = authorized(request)
         if refused is not None:
@@ -283,6 +302,8 @@ def build_http_app(
     return Starlette(
         routes=[
             Route("/slack/events", slack_events, methods=["POST"]),
+            Route(INSTALL_PATH, oauth_install, methods=["GET"]),
+            Route(REDIRECT_PATH, oauth_redirect, methods=["GET"]),
             Route("/api/tasks/{task}/items", post_items, methods=["POST"]),
             Route("/api/tasks/{task}/items/{item}", get_item, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),

@@ -42,11 +42,19 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
     slack_app_token: SecretStr | None = Field(None, validation_alias="SLACK_APP_TOKEN")
     slack_api_url: str = Field("https://slack.com/api/", validation_alias="SLACK_API_URL")
+    # Both set: one deployment serves many workspaces, installed through /slack/install.
+    slack_client_id: str | None = Field(None, validation_alias="SLACK_CLIENT_ID")
+    slack_client_secret: SecretStr | None = Field(None, validation_alias="SLACK_CLIENT_SECRET")
 
     @field_validator("slack_api_url")
     @classmethod
     def _trailing_slash(cls, value: str) -> str:
         return value if value.endswith("/") else value + "/"
+
+    @property
+    def multi_workspace(self) -> bool:
+        """True when the app is installed per workspace (OAuth) instead of one bot token."""
+        return bool(self.slack_client_id) and self.slack_client_secret is not None
 
     @property
     def admin_ids(self) -> frozenset[str]:

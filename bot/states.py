@@ -56,6 +56,8 @@ class PostingScope(StrEnum):
 
     TOKEN = "token"
     CHANNEL = "channel"
+    # One workspace's installation (multi-workspace mode): its `channel` is the team ID.
+    WORKSPACE = "workspace"
 
 
 class RunStatus(StrEnum):

@@ -135,7 +135,7 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
         model_version=model.version if model else None,
         model_train_size=model.train_size if model else None,
         model_metrics=dict(model.metrics) if model else {},
-        posting=outbox.posting_state(session, task.channel),
+        posting=outbox.posting_state(session, task.channel, team_id=task.team_id),
         prompts_failed=outbox.failed_count(session, task),
     )
 

@@ -17,6 +17,7 @@ MAX_LABEL_CHARS = 200
 MAX_LABELS = 1000
 _TASK_NAME = re.compile(r"^\w[\w.-]{0,79}$")
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,30}$")
+_TEAM_ID = re.compile(r"^T[A-Z0-9]{2,30}$")
 
 
 def parse_labels(raw: str | Sequence[str]) -> list[str]:
@@ -91,6 +92,18 @@ def validate_channel(channel: str | None) -> str | None:
     return channel
 
 
+def validate_team(team_id: str | None) -> str | None:
+    """A Slack workspace ID such as T0123ABCD, or None."""
+    if team_id is None or team_id == "":
+        return None
+    if not _TEAM_ID.fullmatch(team_id):
+        raise BadInputError(
+            f"workspace {team_id!r} is not a Slack team ID; copy the ID (T…) from the "
+            "workspace's settings or from `auth.test`"
+        )
+    return team_id
+
+
 def create_task(
     session: Session,
     name: str,
@@ -100,6 +113,7 @@ def create_task(
     threshold: float,
     featurizer: str = "tfidf",
     actor: str = "cli",
+    team_id: str | None = None,
 ) -> Task:
     """Create a task; the creation is audited."""
     validate_task_name(name)
@@ -115,6 +129,7 @@ def create_task(
         name=name,
         labels=label_list,
         channel=validate_channel(channel),
+        team_id=validate_team(team_id),
         threshold=threshold,
         featurizer=featurizer,
     )
@@ -126,26 +141,39 @@ def create_task(
     return task
 
 
-def get_task(session: Session, name: str, *, lock: bool = False) -> Task:
-    """The task called `name`, or a NotFoundError that lists the known ones."""
+def get_task(
+    session: Session, name: str, *, lock: bool = False, team_id: str | None = None
+) -> Task:
+    """The task called `name`, or a NotFoundError that lists the known ones.
+
+    With `team_id` (a request from that Slack workspace) only that workspace's tasks exist.
+    """
     # Only valid names were ever stored; anything else (a NUL, which PostgreSQL cannot even
     # compare, or a 10 kB string) is unknown without asking the database.
     task = None
     if _TASK_NAME.fullmatch(name):
         query = select(Task).where(Task.name == name)
+        if team_id is not None:
+            query = query.where(Task.team_id == team_id)
         if lock:
             query = query.with_for_update()
         task = session.scalar(query)
     if task is None:
-        known = session.scalars(select(Task.name).order_by(Task.name).limit(20)).all()
+        names = select(Task.name).order_by(Task.name).limit(20)
+        if team_id is not None:
+            names = names.where(Task.team_id == team_id)
+        known = session.scalars(names).all()
         hint = f"known tasks: {', '.join(known)}" if known else "create one with `hitl task create`"
         raise NotFoundError(f"no task named {name[:80]!r}; {hint}")
     return task
 
 
-def list_tasks(session: Session) -> list[Task]:
-    """All tasks, by name."""
-    return list(session.scalars(select(Task).order_by(Task.name)))
+def list_tasks(session: Session, *, team_id: str | None = None) -> list[Task]:
+    """All tasks, by name; with `team_id`, only that Slack workspace's."""
+    query = select(Task).order_by(Task.name)
+    if team_id is not None:
+        query = query.where(Task.team_id == team_id)
+    return list(session.scalars(query))
 
 
 def item_count(session: Session, task: Task) -> int:

@@ -169,3 +169,20 @@ def test_http_variant_uses_one_request_url(manifest: dict[str, Any]) -> None:
     assert len(urls) == 1
     (url,) = urls
     assert re.fullmatch(r"https://[^/\s]+/slack/events", url)
+
+
+def test_oauth_install_asks_for_the_manifest_scopes(manifest: dict[str, Any]) -> None:
+    """The install flow (many workspaces) requests exactly the manifest's bot scopes."""
+    from bot.slack.install import BOT_SCOPES, REDIRECT_PATH
+
+    assert set(BOT_SCOPES) == set(manifest["oauth_config"]["scopes"]["bot"])
+    assert len(BOT_SCOPES) == len(set(BOT_SCOPES))
+    # For one workspace the redirect URL stays commented out; the comment shows the path.
+    assert "redirect_urls" not in manifest["oauth_config"]
+    assert f"#   - https://YOUR-HOST{REDIRECT_PATH}" in MANIFEST.read_text(encoding="utf-8")
+
+
+def test_revocation_events_are_subscribed(manifest: dict[str, Any]) -> None:
+    """app_uninstalled and tokens_revoked reach the bot (Bolt's token revocation listeners)."""
+    events = manifest["settings"]["event_subscriptions"]["bot_events"]
+    assert {"app_uninstalled", "tokens_revoked"} <= set(events)

@@ -22,6 +22,13 @@ run unchanged against `SlackStandIn.api_url`:
   integer `Retry-After` and `{"ok": false, "error": "ratelimited"}`; every other method by its
   rate limit tier (`METHOD_TIERS`: Tier 3 is 50 calls a minute, Tier 4 100), one minute's calls
   as the burst, times `tier_scale` (by default as much faster than Slack as the channel rate).
+* many workspaces: `issue_code(team_id)` mints an OAuth `code` that `oauth.v2.access` (with the
+  stand-in's `client_id` and `client_secret`, as HTTP Basic auth or parameters) trades once for a
+  new bot token of that workspace, answered in Slack's shape (`access_token`, `token_type`,
+  `scope`, `bot_user_id`, `app_id`, `team`, `enterprise`, `authed_user`). Every issued token is
+  accepted, `auth.test` answers with its workspace, and each call records the token it used
+  (`ApiCall.token`, `calls_with_token`); `revoke_team(team_id)` makes a workspace's tokens
+  `token_revoked`.
 * channel membership: the bot is in every channel until `remove_bot(channel)`; then posting,
   updating, ephemerals, history and file shares there answer `not_in_channel`.
 * response URLs (`new_response_url`) that take the JSON Bolt's `respond()` sends: ephemeral by
@@ -39,6 +46,7 @@ It is a stand-in, not a Slack clone: there are no users or permissions, and shar
 not add a message to the channel.
 """
 
+import base64
 import contextlib
 import copy
 import http.server
@@ -219,6 +227,7 @@ class ApiCall:
     status: int
     error: str | None
     at: float
+    token: str | None = None  # the token the call was made with (None for oauth.v2.access)
 
     @property
     def ok(self) -> bool:
@@ -695,6 +704,8 @@ class SlackStandIn:
         clock: Callable[[], float] = time.monotonic,
         host: str = "127.0.0.1",
         port: int = 0,
+        client_id: str = "1111.2222",
+        client_secret: str = "standin-client-secret",
     ) -> None:
         if rate_limit_per_channel is not None and rate_limit_per_channel <= 0:
             raise ValueError("rate_limit_per_channel must be positive, or None for no limit")
@@ -710,6 +721,14 @@ class SlackStandIn:
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
         self.app_id = app_id
+        self.client_id = client_id
+        self.client_secret = client_secret
+        # Every bot token the stand-in accepts, with its workspace; OAuth adds more.
+        self._tokens: dict[str, str] = {bot_token: team_id}
+        self._revoked: set[str] = set()
+        self._team_names: dict[str, str] = {team_id: team_domain}
+        self._codes: dict[str, str] = {}
+        self._current_token: str | None = None
         self._allowed_channels = frozenset(channels) if channels is not None else None
         # A stand-in allowing 20 messages a second per channel is a Slack 20 times as fast as
         # the real one (1 a second): its method tiers are 20 times as generous too.
@@ -744,6 +763,7 @@ class SlackStandIn:
         self._last_ts = 0
         self._methods: dict[str, Callable[[JsonDict], JsonDict]] = {
             "auth.test": self._auth_test,
+            "oauth.v2.access": self._oauth_access,
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
             "chat.postEphemeral": self._post_ephemeral,
@@ -865,6 +885,31 @@ class SlackStandIn:
         with self._lock:
             self._methods[method] = handler
             self._method_tiers[method] = tier
+
+    def issue_code(self, team_id: str, *, team_name: str | None = None) -> str:
+        """An OAuth `code` for an installation in workspace `team_id` (what Slack appends to
+        the redirect URL once a person approves); `oauth.v2.access` takes it once."""
+        code = f"code-{secrets.token_hex(8)}"
+        with self._lock:
+            self._team_names.setdefault(team_id, team_name or team_id.lower())
+            self._codes[code] = team_id
+        return code
+
+    def tokens_of(self, team_id: str) -> list[str]:
+        """Every bot token issued for workspace `team_id` (and not revoked)."""
+        with self._lock:
+            return [t for t, team in self._tokens.items() if team == team_id]
+
+    def revoke_team(self, team_id: str) -> None:
+        """Revoke every token of a workspace (an uninstall): calls with them say token_revoked."""
+        with self._lock:
+            for token in self.tokens_of(team_id):
+                del self._tokens[token]
+                self._revoked.add(token)
+
+    def calls_with_token(self, token: str, method: str | None = None) -> list[ApiCall]:
+        """Every call made with `token` (optionally only to `method`)."""
+        return [call for call in self.calls(method) if call.token == token]
 
     def remove_bot(self, channel: str) -> None:
         """Take the bot out of `channel`: calls that need membership answer `not_in_channel`."""
@@ -1086,12 +1131,19 @@ class SlackStandIn:
                     status = self._failures.pop(0)
                     raise _ApiError(_SERVER_ERRORS.get(status, "fatal_error"), status=status)
             scheme, _, credentials = authorization.partition(" ")
-            if scheme.lower() == "bearer" and credentials.strip():
-                token = credentials.strip()
-            if not token:
-                raise _ApiError("not_authed")
-            if token != self.bot_token:
-                raise _ApiError("invalid_auth")
+            if method == "oauth.v2.access":  # client credentials instead of a token
+                self._check_client(params, scheme, credentials)
+                token = None
+            else:
+                if scheme.lower() == "bearer" and credentials.strip():
+                    token = credentials.strip()
+                if not token:
+                    raise _ApiError("not_authed")
+                with self._lock:
+                    if token in self._revoked:
+                        raise _ApiError("token_revoked")
+                    if token not in self._tokens:
+                        raise _ApiError("invalid_auth")
             handler = self._methods.get(method)
             if handler is None:
                 raise _ApiError("unknown_method", status=404)
@@ -1100,34 +1152,75 @@ class SlackStandIn:
                 refused = self._method_error(method, params)
                 if refused is not None:
                     raise _ApiError(refused)
+                self._current_token = token
                 try:
                     result = handler(params)
                 except StandInRefusal as refusal:
                     raise _ApiError(refusal.error) from None
                 self._changed.notify_all()
         except _ApiError as refusal:
-            self._log(method, params, refusal.status, refusal.error)
+            self._log(method, params, refusal.status, refusal.error, token)
             payload: JsonDict = {"ok": False, "error": refusal.error}
             if refusal.detail:
                 payload["response_metadata"] = {"messages": [f"[ERROR] {refusal.detail}"]}
             return _json_reply(refusal.status, payload, refusal.headers), params
-        self._log(method, params, 200, None)
+        self._log(method, params, 200, None, token)
         return _json_reply(200, {"ok": True, **result}), params
 
-    def _log(self, method: str, params: JsonDict, status: int, error: str | None) -> None:
+    def _log(
+        self, method: str, params: JsonDict, status: int, error: str | None, token: Any = None
+    ) -> None:
+        token = token if isinstance(token, str) else None
         with self._lock:
-            self._calls.append(ApiCall(method, copy.deepcopy(params), status, error, time.time()))
+            self._calls.append(
+                ApiCall(method, copy.deepcopy(params), status, error, time.time(), token)
+            )
+
+    def _check_client(self, params: JsonDict, scheme: str, credentials: str) -> None:
+        """oauth.v2.access authenticates the app: HTTP Basic `client_id:client_secret`, or both
+        as parameters."""
+        client_id, client_secret = params.get("client_id"), params.get("client_secret")
+        if scheme.lower() == "basic" and credentials.strip():
+            try:
+                decoded = base64.b64decode(credentials.strip()).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                raise _ApiError("invalid_client_id") from None
+            client_id, _, client_secret = decoded.partition(":")
+        if client_id != self.client_id:
+            raise _ApiError("invalid_client_id")
+        if client_secret != self.client_secret:
+            raise _ApiError("bad_client_secret")
 
     # --- Web API methods (called with the lock held) ----------------------------------------
 
     def _auth_test(self, params: JsonDict) -> JsonDict:
+        team_id = self._tokens.get(self._current_token or "", self.team_id)
+        domain = self._team_names.get(team_id, self.team_domain)
         return {
-            "url": f"https://{self.team_domain}.slack.com/",
-            "team": self.team_domain,
+            "url": f"https://{domain}.slack.com/",
+            "team": domain,
             "user": "hitl",
-            "team_id": self.team_id,
+            "team_id": team_id,
             "user_id": self.bot_user_id,
             "bot_id": self.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _oauth_access(self, params: JsonDict) -> JsonDict:
+        team_id = self._codes.pop(str(params.get("code") or ""), None)
+        if team_id is None:
+            raise StandInRefusal("invalid_code")
+        token = f"xoxb-{team_id.lower()}-{secrets.token_hex(8)}"
+        self._tokens[token] = team_id
+        return {
+            "access_token": token,
+            "token_type": "bot",
+            "scope": "chat:write,commands,files:write,channels:history,groups:history",
+            "bot_user_id": self.bot_user_id,
+            "app_id": self.app_id,
+            "team": {"name": self._team_names[team_id], "id": team_id},
+            "enterprise": None,
+            "authed_user": {"id": "U0INSTALL"},
             "is_enterprise_install": False,
         }
 

@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slack_bolt import App, BoltResponse
+from slack_bolt.oauth.oauth_settings import OAuthSettings
 
 from bot.slack.context import SlackDeps
 from bot.slack.listeners import register as register_listeners
@@ -22,16 +23,35 @@ def listener_pool() -> ThreadPoolExecutor:
 
 
 def build_bolt_app(
-    deps: SlackDeps, *, signing_secret: str, listeners: ThreadPoolExecutor | None = None
+    deps: SlackDeps,
+    *,
+    signing_secret: str,
+    listeners: ThreadPoolExecutor | None = None,
+    oauth: OAuthSettings | None = None,
 ) -> App:
-    """A Bolt app wired to `deps`; requests are verified with `signing_secret`."""
-    app = App(
-        client=deps.client,
-        signing_secret=signing_secret,
-        token_verification_enabled=False,  # `hitl serve` calls auth.test itself, with a clear error
-        process_before_response=False,
-        listener_executor=listeners or listener_pool(),
-    )
+    """A Bolt app wired to `deps`; requests are verified with `signing_secret`.
+
+    With `oauth` the app serves many workspaces: each request is authorized with its
+    workspace's installation, and `tokens_revoked` / `app_uninstalled` remove it.
+    """
+    if oauth is None:
+        app = App(
+            client=deps.client,
+            signing_secret=signing_secret,
+            # `hitl serve` calls auth.test itself, with a clear error
+            token_verification_enabled=False,
+            process_before_response=False,
+            listener_executor=listeners or listener_pool(),
+        )
+    else:
+        app = App(
+            client=deps.client,  # token-less: Bolt gives each request its workspace's token
+            signing_secret=signing_secret,
+            oauth_settings=oauth,
+            process_before_response=False,
+            listener_executor=listeners or listener_pool(),
+        )
+        app.enable_token_revocation_listeners()
 
     @app.error
     def on_error(error: Exception, body: dict[str, Any]) -> BoltResponse | None:

@@ -20,7 +20,11 @@ block in the database stops the posts, to every channel for a token, to that one
 otherwise. It is logged once, as an error, by the poster that found it. At `next_probe_at` one
 poster sends the channel's oldest prompt as a probe (after 30 s, then 60 s, 120 s … every 15 min);
 the first that gets through lifts the block (logged once, as info), and the rest follow in order.
-A token block is also lifted when a poster starts with a token that `auth.test` accepts. Only a
+A token block is also lifted when a poster starts with a token that `auth.test` accepts.
+
+Serving many workspaces (`client_for`), each prompt is posted with the bot token of its task's
+workspace; a token refused there, or a workspace without an installation (uninstalled, tokens
+revoked), blocks that workspace only, and installing the app again lifts the block. Only a
 message Slack refuses as malformed (`invalid_blocks`, `msg_too_long`, …) marks its prompt
 `failed`; any other refusal is retried with backoff like a server error.
 
@@ -121,6 +125,8 @@ _LOOKUP_LIMIT = 50
 _LOOKUP_PAGES = 4
 
 MessageBuilder = Callable[[ItemView], dict[str, Any]]
+# The client with the bot token of a workspace, or None when the app is not installed there.
+ClientFor = Callable[[str | None], WebClient | None]
 _TransportError = (OSError, http.client.HTTPException)
 
 
@@ -153,6 +159,13 @@ def prompt_metadata(
     return {"event_type": event_type, "event_payload": {"prompt_id": prompt_id, "item_id": item_id}}
 
 
+def _where(scope: PostingScope, key: str) -> str:
+    """What a block stops, for the log."""
+    if scope == PostingScope.TOKEN:
+        return "every channel"
+    return f"workspace {key}" if scope == PostingScope.WORKSPACE else key
+
+
 def _never_sent(exc: Exception) -> bool:
     """True when the request cannot have reached Slack (connection refused)."""
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
@@ -174,9 +187,11 @@ class Poster:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utcnow,
         wait: Callable[[float], object] | None = None,
+        client_for: ClientFor | None = None,
     ) -> None:
         self._sessions = sessions
         self._client = client
+        self._client_for = client_for
         self._build = build_message
         self._min_interval = min_interval
         self._tick = tick
@@ -226,7 +241,8 @@ class Poster:
 
     def health(self) -> dict[str, Any]:
         """How posting is going, for `/healthz`: `{"state": "ok"}` while Slack takes prompts,
-        else the block (the token's, or the oldest channel's) and every blocked channel."""
+        else the block (the token's, or the oldest one) and every blocked channel (and
+        workspace, serving many)."""
         try:
             with self._sessions.begin() as session:
                 blocks = outbox.posting_blocks(session)
@@ -241,11 +257,22 @@ class Poster:
             for b in blocks
             if b.scope == PostingScope.CHANNEL
         }
-        return {**first.as_dict(), "scope": first.scope.value, "channels": channels}
+        health = {**first.as_dict(), "scope": first.scope.value, "channels": channels}
+        workspaces = {
+            b.channel: {"reason": b.reason, "since": b.since.isoformat()}
+            for b in blocks
+            if b.scope == PostingScope.WORKSPACE
+        }
+        if workspaces:  # many workspaces: which of them wait for an installation or a token
+            health["workspaces"] = workspaces
+        return health
 
     def resume_if_token_accepted(self) -> bool:
         """Lift a token block when Slack accepts this poster's token (`auth.test`): a new token
-        after a restart. True if the token was accepted."""
+        after a restart. True if the token was accepted (always, serving many workspaces: each
+        has its own token, checked by the probes)."""
+        if self._client_for is not None:
+            return True
         try:
             self._client.auth_test()
         except SlackApiError as exc:
@@ -317,15 +344,22 @@ class Poster:
         token = [b for b in blocks if b.scope == PostingScope.TOKEN]
         by_channel = {b.channel: b for b in blocks if b.scope == PostingScope.CHANNEL}
         probe_waits: list[float] = []
+        by_team = {b.channel: b for b in blocks if b.scope == PostingScope.WORKSPACE}
         token_probed = False  # a refused token is probed with one post, not one per channel
+        teams_probed: set[str] = set()  # the same for a workspace's token
         started = 0
         for head in heads:
             if head.channel in busy or head.due_at > now or self._stop.is_set():
                 continue
+            team_block = by_team.get(head.team_id) if head.team_id is not None else None
             stopping = tuple(
-                token + ([by_channel[head.channel]] if head.channel in by_channel else [])
+                token
+                + ([team_block] if team_block is not None else [])
+                + ([by_channel[head.channel]] if head.channel in by_channel else [])
             )
             if stopping and token and token_probed:
+                continue
+            if team_block is not None and team_block.channel in teams_probed:
                 continue
             if stopping:
                 later = [(b.next_probe_at - now).total_seconds() for b in stopping]
@@ -338,6 +372,8 @@ class Poster:
                     continue
             if stopping:
                 token_probed = bool(token)
+                if team_block is not None:
+                    teams_probed.add(team_block.channel)
                 with self._sessions.begin() as session:
                     # Another poster may have taken this probe: then it is not ours to send.
                     if not all([outbox.claim_probe(session, b, now=now) for b in stopping]):
@@ -351,7 +387,9 @@ class Poster:
                         self._max_parallel, thread_name_prefix="hitl-poster-send"
                     )
                 pool = self._pool
-            pool.submit(self._send_then_free, head.channel, head.prompt_id, state, stopping)
+            pool.submit(
+                self._send_then_free, head.channel, head.prompt_id, state, stopping, head.team_id
+            )
             started += 1
         clock = self._clock()
         with self._lock:
@@ -364,9 +402,10 @@ class Poster:
         prompt_id: int,
         state: _ChannelState,
         blocks: tuple[outbox.Block, ...] = (),
+        team_id: str | None = None,
     ) -> None:
         try:
-            self._send(channel, prompt_id, state, blocks)
+            self._send(channel, prompt_id, state, blocks, team_id)
         except Exception:  # thread boundary: the channel must be freed whatever went wrong
             logger.exception("sending prompt %d to %s failed", prompt_id, channel)
             with self._lock:
@@ -378,10 +417,25 @@ class Poster:
                 self._idle.notify_all()
             self._wake.set()
 
+    def _client_of(self, team_id: str | None) -> WebClient | None:
+        """The client that posts to workspace `team_id`; None when it is not installed."""
+        return self._client if self._client_for is None else self._client_for(team_id)
+
     def _send(
-        self, channel: str, prompt_id: int, state: _ChannelState, blocks: tuple[outbox.Block, ...]
+        self,
+        channel: str,
+        prompt_id: int,
+        state: _ChannelState,
+        blocks: tuple[outbox.Block, ...],
+        team_id: str | None = None,
     ) -> None:
         """Send one prompt; `blocks` are the blocks this send probes (lifted if it gets through)."""
+        client = self._client_of(team_id)
+        if client is None:  # no installation for the workspace: nothing can be posted there
+            held = [b for b in blocks if b.scope == PostingScope.WORKSPACE]
+            reason = held[0].reason if held else "not_installed"
+            self._blocked(channel, prompt_id, state, PostingScope.WORKSPACE, reason, team_id)
+            return
         attempt_at = self._now()
         with self._sessions.begin() as session:
             claim = outbox.claim(session, prompt_id, now=attempt_at)
@@ -390,19 +444,29 @@ class Poster:
             return
         if claim.unconfirmed_since is not None:
             try:
-                copies = self._find_copies(channel, prompt_id, since=claim.unconfirmed_since)
+                copies = self._find_copies(
+                    client, channel, prompt_id, since=claim.unconfirmed_since
+                )
             except (SlackApiError, *_TransportError) as exc:
                 if not self._lookup_refused(exc, channel):
-                    self._failed(channel, prompt_id, state, exc, unconfirmed=None, blocks=blocks)
+                    self._failed(
+                        channel,
+                        prompt_id,
+                        state,
+                        exc,
+                        unconfirmed=None,
+                        blocks=blocks,
+                        team_id=team_id,
+                    )
                     return
                 copies = []
             if copies:
-                self._keep_oldest(channel, prompt_id, claim.item_id, copies, state)
+                self._keep_oldest(client, channel, prompt_id, claim.item_id, copies, state)
                 return
         message = self._build(view)
         started = self._clock()
         try:
-            response = self._client.chat_postMessage(
+            response = client.chat_postMessage(
                 channel=channel,
                 unfurl_links=False,
                 unfurl_media=False,
@@ -410,11 +474,21 @@ class Poster:
                 **message,
             )
         except SlackApiError as exc:  # Slack answered: the message was not stored
-            self._failed(channel, prompt_id, state, exc, unconfirmed=None, blocks=blocks)
+            self._failed(
+                channel, prompt_id, state, exc, unconfirmed=None, blocks=blocks, team_id=team_id
+            )
             return
         except _TransportError as exc:  # refused, reset, timed out
             unconfirmed = None if _never_sent(exc) else attempt_at
-            self._failed(channel, prompt_id, state, exc, unconfirmed=unconfirmed, blocks=blocks)
+            self._failed(
+                channel,
+                prompt_id,
+                state,
+                exc,
+                unconfirmed=unconfirmed,
+                blocks=blocks,
+                team_id=team_id,
+            )
             return
         with self._lock:
             state.failures = 0
@@ -441,7 +515,7 @@ class Poster:
             ]
         for block in lifted:
             if block is not None:
-                self._log_resumed(block, block.channel or "every channel")
+                self._log_resumed(block, _where(block.scope, block.channel))
 
     def _log_resumed(self, block: outbox.Block, where: str) -> None:
         logger.info(
@@ -451,13 +525,15 @@ class Poster:
             block.reason,
         )
 
-    def _find_copies(self, channel: str, prompt_id: int, *, since: datetime) -> list[str]:
+    def _find_copies(
+        self, client: WebClient, channel: str, prompt_id: int, *, since: datetime
+    ) -> list[str]:
         """The ts of every message in `channel` carrying this prompt's id, oldest first."""
         oldest = f"{since.timestamp() - _LOOKUP_MARGIN:.6f}"
         found: set[str] = set()
         cursor: str | None = None
         for _ in range(_LOOKUP_PAGES):
-            response = self._client.conversations_history(
+            response = client.conversations_history(
                 channel=channel,
                 oldest=oldest,
                 limit=_LOOKUP_LIMIT,
@@ -496,7 +572,13 @@ class Poster:
         return True
 
     def _keep_oldest(
-        self, channel: str, prompt_id: int, item_id: int, copies: list[str], state: _ChannelState
+        self,
+        client: WebClient,
+        channel: str,
+        prompt_id: int,
+        item_id: int,
+        copies: list[str],
+        state: _ChannelState,
     ) -> None:
         live, extra = copies[0], copies[1:]
         logger.info("prompt %d was in %s already (ts %s); not re-posting", prompt_id, channel, live)
@@ -508,7 +590,7 @@ class Poster:
             outbox.mark_found(session, prompt_id, channel=channel, ts=live, now=self._now())
         for ts in extra:
             try:
-                self._client.chat_update(
+                client.chat_update(
                     channel=channel,
                     ts=ts,
                     text=DUPLICATE_TEXT,
@@ -532,6 +614,7 @@ class Poster:
         *,
         unconfirmed: datetime | None,
         blocks: tuple[outbox.Block, ...] = (),
+        team_id: str | None = None,
     ) -> None:
         error = ""
         if isinstance(exc, SlackApiError) and 400 <= exc.response.status_code < 500:
@@ -540,7 +623,9 @@ class Poster:
             error = str(exc.response.get("error", "unknown_error"))  # `"ok": false`, HTTP 200
         if error in TOKEN_ERRORS or error in CHANNEL_ERRORS:
             scope = PostingScope.TOKEN if error in TOKEN_ERRORS else PostingScope.CHANNEL
-            self._blocked(channel, prompt_id, state, scope, error)
+            if scope == PostingScope.TOKEN and self._client_for is not None:
+                scope = PostingScope.WORKSPACE  # that workspace's token: the others post on
+            self._blocked(channel, prompt_id, state, scope, error, team_id)
             return
         if error in MALFORMED_ERRORS:
             with self._lock:
@@ -589,27 +674,35 @@ class Poster:
         state: _ChannelState,
         scope: PostingScope,
         error: str,
+        team_id: str | None = None,
     ) -> None:
         """Slack refused the token or the channel: the prompt waits, and so does the channel
-        (or every channel), until a probe gets through."""
+        (or every channel, or the workspace's), until a probe gets through."""
         now = self._now()
+        key = (team_id or "") if scope == PostingScope.WORKSPACE else channel
         with self._lock:
             self.stats.blocked += 1
             state.failures = 0
             state.ready_at = self._clock() + self._min_interval
         with self._sessions.begin() as session:
             outbox.mark_blocked(session, prompt_id, reason=error, now=now)
-            new = outbox.block_posting(session, scope, channel=channel, reason=error, now=now)
+            new = outbox.block_posting(session, scope, channel=key, reason=error, now=now)
             # Slack got as far as the channel, so it took the token.
-            token = (
-                outbox.unblock_posting(session, PostingScope.TOKEN)
-                if scope == PostingScope.CHANNEL
-                else None
-            )
-        if token is not None:
-            self._log_resumed(token, "every channel")
+            lifted: list[outbox.Block | None] = []
+            if scope == PostingScope.CHANNEL:
+                lifted.append(outbox.unblock_posting(session, PostingScope.TOKEN))
+                if team_id is not None:
+                    lifted.append(
+                        outbox.unblock_posting(session, PostingScope.WORKSPACE, channel=team_id)
+                    )
+        for block in lifted:
+            if block is not None:
+                self._log_resumed(block, _where(block.scope, block.channel))
         if new:
-            where = "any channel" if scope == PostingScope.TOKEN else channel
+            where = {
+                PostingScope.TOKEN: "any channel",
+                PostingScope.WORKSPACE: f"workspace {key}",
+            }.get(scope, channel)
             logger.error(
                 "posting to %s stopped: Slack says %s; %s. Prompts wait (none is lost); "
                 "posting resumes by itself once a probe gets through (every 30 s to 15 min)",

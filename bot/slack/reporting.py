@@ -4,6 +4,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.report import format_report_text, render_chart
@@ -43,8 +44,11 @@ def _publish_result(deps: SlackDeps, result: RetrainResult, *, respond: Respond 
         return
     if result.status == RunStatus.SKIPPED and not deps.services.settings.report_skips:
         return
+    client = workspace_client(deps, result.task)
+    if client is None:
+        return
     try:
-        deps.client.chat_postMessage(channel=result.channel, **report_blocks(report))
+        client.chat_postMessage(channel=result.channel, **report_blocks(report))
     except SlackApiError:
         logger.exception("could not post the report of %s", result.task)
         return
@@ -52,7 +56,7 @@ def _publish_result(deps: SlackDeps, result: RetrainResult, *, respond: Respond 
         with deps.services.sessions.begin() as session:
             history = version_history(session, get_task(session, result.task))
         try:
-            deps.client.files_upload_v2(
+            client.files_upload_v2(
                 channel=result.channel,
                 content=render_chart(report, history),
                 filename=f"{result.task}-v{report.new_version}.png",
@@ -64,7 +68,7 @@ def _publish_result(deps: SlackDeps, result: RetrainResult, *, respond: Respond 
         with deps.services.sessions.begin() as session:
             message = message_for(item_view(session, update.item_id))
         try:
-            deps.client.chat_update(channel=update.channel, ts=update.ts, **message)
+            client.chat_update(channel=update.channel, ts=update.ts, **message)
         except SlackApiError:
             logger.exception("could not update the message of item %d", update.item_id)
 
@@ -75,10 +79,24 @@ def publish_failure(
     """Say in the channel (or to the person who asked) that a retrain failed and why."""
     text = f":x: {escape(reason)}"
     try:
-        if channel:
+        client = workspace_client(deps, task) if channel else None
+        if channel and client is not None:
             with background():
-                deps.client.chat_postMessage(channel=channel, text=text)
+                client.chat_postMessage(channel=channel, text=text)
         elif respond is not None:
             respond(text=text, response_type="ephemeral", replace_original=False)
     except SlackApiError:
         logger.exception("could not report the failed retrain of %s", task)
+
+
+def workspace_client(deps: SlackDeps, task: str) -> WebClient | None:
+    """The client with the bot token of the task's workspace (looked up in the installation
+    store in multi-workspace mode); None, logged, when that workspace has no installation."""
+    if deps.clients is None or not deps.clients.multi_workspace:
+        return deps.client
+    with deps.services.sessions.begin() as session:
+        team_id = get_task(session, task).team_id
+    client = deps.clients.for_team(team_id)
+    if client is None:
+        logger.warning("no report of %s: the app is not installed in workspace %s", task, team_id)
+    return client

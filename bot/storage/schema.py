@@ -83,6 +83,8 @@ class Task(Base):
     name: Mapped[str] = mapped_column(String(80), unique=True)
     labels: Mapped[list[str]]
     channel: Mapped[str | None] = mapped_column(String(32))
+    # The Slack workspace (T…) the channel is in; None in single-workspace mode.
+    team_id: Mapped[str | None] = mapped_column(String(32), index=True)
     threshold: Mapped[float] = mapped_column(Float)
     featurizer: Mapped[str] = mapped_column(String(40), default="tfidf")
     created_at: Mapped[Timestamp]

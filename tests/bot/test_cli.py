@@ -525,3 +525,44 @@ def test_task_setting_errors_exit_2_in_one_line_and_change_nothing(  # type: ign
     shown = json.loads(hitl("task", "show", "t", "--json")[1])
     assert (shown["labels"], shown["channel"]) == (["billing", "bug"], "C0OLD1")
     assert audit_fields(tmp_path) == []
+
+
+def test_task_create_with_a_workspace_shows_it(hitl) -> None:  # type: ignore[no-untyped-def]
+    """`--team T…` is stored and shown by `hitl task show` (text and JSON)."""
+    code, out, _ = hitl(
+        "task",
+        "create",
+        "tickets",
+        "--labels",
+        "a,b",
+        "--channel",
+        "C0REVIEW1",
+        "--team",
+        "T0ACME001",
+    )
+    assert code == 0
+    assert "workspace T0ACME001" in out
+    code, out, _ = hitl("task", "show", "tickets")
+    assert "workspace: T0ACME001" in out.splitlines()
+    code, out, _ = hitl("task", "show", "tickets", "--json")
+    assert json.loads(out)["workspace"] == "T0ACME001"
+
+
+def test_task_create_refuses_a_bad_workspace_id(hitl) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = hitl("task", "create", "tickets", "--labels", "a,b", "--team", "acme")
+    assert code != 0
+    assert "is not a Slack team ID" in err
+    assert hitl("task", "list", "--json")[1].strip() == "[]"
+
+
+def test_task_create_needs_a_workspace_when_serving_many(  # type: ignore[no-untyped-def]
+    hitl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SLACK_CLIENT_ID and SLACK_CLIENT_SECRET set, --team is required."""
+    monkeypatch.setenv("SLACK_CLIENT_ID", "1111.2222")
+    monkeypatch.setenv("SLACK_CLIENT_SECRET", "secret")
+    code, _, err = hitl("task", "create", "tickets", "--labels", "a,b")
+    assert code != 0
+    assert "--team" in err
+    code, _, _ = hitl("task", "create", "tickets", "--labels", "a,b", "--team", "T0ACME001")
+    assert code == 0

@@ -4,9 +4,10 @@ import json
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from bot import tasks as task_ops
-from bot.errors import BadInputError
+from bot.errors import BadInputError, NotFoundError
 from bot.services import Services
 from bot.storage.schema import AuditLog, Item
 
@@ -88,3 +89,21 @@ def test_item_count_counts_only_the_tasks_items(services: Services) -> None:
         session.add(Item(task_id=other.id, text="elsewhere", source="cli"))
         session.flush()
         assert (task_ops.item_count(session, task), task_ops.item_count(session, other)) == (3, 1)
+
+
+def test_tasks_of_one_workspace(services: Services) -> None:
+    """With a team ID, listing and finding see only that workspace's tasks."""
+    with services.sessions.begin() as session:
+        task_ops.create_task(session, "alpha", ["a", "b"], threshold=0.8, team_id="T0ALPHA01")
+        task_ops.create_task(session, "beta", ["a", "b"], threshold=0.8, team_id="T0BETA001")
+    with services.sessions.begin() as session:
+        check_workspace_tasks(session)
+
+
+def check_workspace_tasks(session: Session) -> None:
+    assert [t.name for t in task_ops.list_tasks(session)] == ["alpha", "beta"]
+    assert [t.name for t in task_ops.list_tasks(session, team_id="T0ALPHA01")] == ["alpha"]
+    assert task_ops.get_task(session, "beta", team_id="T0BETA001").team_id == "T0BETA001"
+    with pytest.raises(NotFoundError, match=r"known tasks: alpha$"):
+        task_ops.get_task(session, "beta", team_id="T0ALPHA01")
+    assert task_ops.list_tasks(session, team_id="") == []

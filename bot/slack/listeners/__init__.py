@@ -2,7 +2,8 @@
 
 Listeners are plain top-level functions, as in Slack's bolt-python sample apps, so each can be
 called in a unit test with fakes. They find the bot's services in Bolt's `context` (put there
-by one middleware) instead of closing over them.
+by one middleware) instead of closing over them, and call Slack with the client of the
+request's workspace.
 """
 
 from collections.abc import Callable
@@ -20,9 +21,15 @@ def register(app: App, deps: SlackDeps) -> None:
 
     @app.middleware
     def _provide_deps(
-        context: BoltContext, next: Callable[[], Any]
-    ) -> Any:  # Bolt injects by this name
+        context: BoltContext, body: dict[str, Any], next: Callable[[], Any]
+    ) -> Any:  # Bolt injects by these names
         context[DEPS_KEY] = deps
+        if deps.clients is not None:
+            # Bolt's per-request client carries the workspace's bot token; the bot's own client
+            # for that token keeps its retries and its pacing by method tier.
+            context["client"] = deps.clients.for_token(context.bot_token or context.token)
+        if deps.clients is not None and deps.clients.multi_workspace:
+            events.pause_revoked_workspace(deps, body, team_id=context.team_id)
         return next()
 
     app.action(ids.LABEL_ACTION_PATTERN)(actions.on_label_button)

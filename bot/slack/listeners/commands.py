@@ -21,11 +21,11 @@ from bot.training import latest_report, retrain_task
 logger = logging.getLogger(__name__)
 
 
-def _pick_task(session: Session, name: str | None) -> Task:
-    """The named task, or the only one when no name is given."""
+def _pick_task(session: Session, name: str | None, *, team_id: str | None) -> Task:
+    """The named task, or the only one when no name is given (of workspace `team_id`, if set)."""
     if name:
-        return task_ops.get_task(session, name)
-    found = task_ops.list_tasks(session)
+        return task_ops.get_task(session, name, team_id=team_id)
+    found = task_ops.list_tasks(session, team_id=team_id)
     if len(found) == 1:
         return found[0]
     if not found:
@@ -74,10 +74,10 @@ def help_command(
 def tasks_command(
     deps: SlackDeps, args: list[str], command: dict[str, Any], respond: Respond
 ) -> None:
-    """`/hitl tasks`: every task with its channel, threshold, model and queue."""
+    """`/hitl tasks`: every task of the workspace with its channel, threshold, model, queue."""
     with deps.services.sessions.begin() as session:
         summaries = []
-        for task in task_ops.list_tasks(session):
+        for task in task_ops.list_tasks(session, team_id=deps.team_id):
             stats = task_stats(session, task)
             summaries.append(
                 blocks.TaskSummary(
@@ -97,7 +97,7 @@ def stats_command(
 ) -> None:
     """`/hitl stats [task]`: the task's figures and the headline of its latest report."""
     with deps.services.sessions.begin() as session:
-        task = _pick_task(session, args[0] if args else None)
+        task = _pick_task(session, args[0] if args else None, team_id=deps.team_id)
         view = stats_view(task_stats(session, task), last_report=_last_headline(session, task))
     _reply(respond, blocks.stats_blocks(view))
 
@@ -108,8 +108,8 @@ def threshold_command(
     """`/hitl threshold [task] [value]`: show it, or (admins) change it and tell the channel."""
     user = command["user_id"]
     with deps.services.sessions.begin() as session:
-        name, value = _task_and_value(session, args)
-        task = _pick_task(session, name)
+        name, value = _task_and_value(session, args, team_id=deps.team_id)
+        task = _pick_task(session, name, team_id=deps.team_id)
         if value is None:
             _reply(
                 respond,
@@ -118,7 +118,7 @@ def threshold_command(
             return
         if user not in deps.services.settings.admin_ids:
             raise BadInputError("only admins (HITL_ADMINS) can change the threshold")
-        task = task_ops.get_task(session, task.name, lock=True)
+        task = task_ops.get_task(session, task.name, lock=True, team_id=deps.team_id)
         old = task_ops.set_threshold(session, task, value, actor=user)
         new, channel, task_name = task.threshold, task.channel, task.name
     _reply(respond, blocks.ephemeral_text(f"Threshold of *{task_name}*: {old:g} → {new:g}."))
@@ -140,7 +140,7 @@ def retrain_command(
     if user not in deps.services.settings.admin_ids:
         raise BadInputError("only admins (HITL_ADMINS) can retrain")
     with deps.services.sessions.begin() as session:
-        task = _pick_task(session, args[0] if args else None)
+        task = _pick_task(session, args[0] if args else None, team_id=deps.team_id)
         name, channel = task.name, task.channel
     _reply(
         respond,
@@ -168,12 +168,14 @@ def _last_headline(session: Session, task: Task) -> str | None:
     return report.headline if report else None
 
 
-def _task_and_value(session: Session, args: list[str]) -> tuple[str | None, str | None]:
+def _task_and_value(
+    session: Session, args: list[str], *, team_id: str | None
+) -> tuple[str | None, str | None]:
     """`[task] [value]`: a lone word is the task when one has that name, else the value."""
     if len(args) >= 2:
         return args[0], args[1]
     if len(args) == 1:
-        known = {task.name for task in task_ops.list_tasks(session)}
+        known = {task.name for task in task_ops.list_tasks(session, team_id=team_id)}
         return (args[0], None) if args[0] in known else (None, args[0])
     return None, None
 

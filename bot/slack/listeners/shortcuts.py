@@ -56,7 +56,7 @@ def on_send_to_task(
         _reply(respond, "That message is too long to send from Slack; use the items API.")
         return
     with deps.services.sessions.begin() as session:
-        names = [task.name for task in task_ops.list_tasks(session)]
+        names = [task.name for task in task_ops.list_tasks(session, team_id=deps.team_id)]
     if not names:
         _reply(respond, "There are no tasks yet; create one with `hitl task create`.")
         return
@@ -145,7 +145,7 @@ def origin_channel(external_id: str | None) -> str | None:
 def _submit(
     deps: SlackDeps, session: Session, task_name: str, sent: dict[str, str], user: str
 ) -> tuple[Routed, str | None]:
-    task = task_ops.get_task(session, task_name)
+    task = task_ops.get_task(session, task_name, team_id=deps.team_id)
     (routed,) = submit(
         session,
         task,

@@ -798,3 +798,50 @@ def test_tiers_follow_the_channel_rate_unless_told() -> None:
     with SlackStandIn(TOKEN, rate_limit_per_channel=None, tier_scale=2.0) as scaled:
         scaled.register_method("reactions.add", lambda params: {}, tier=2)
         assert scaled.method_rate("reactions.add") == 40
+
+
+def test_oauth_code_is_traded_once_for_a_workspace_token(slack: SlackStandIn) -> None:
+    """oauth.v2.access answers in Slack's shape; the token works and auth.test names its team."""
+    oauth = WebClient(base_url=slack.api_url)
+    code = slack.issue_code("T0OTHER01", team_name="other")
+    answer = oauth.oauth_v2_access(
+        client_id=slack.client_id, client_secret=slack.client_secret, code=code
+    )
+    token = answer["access_token"]
+    assert token.startswith("xoxb-")
+    assert answer["token_type"] == "bot"
+    assert answer["team"] == {"name": "other", "id": "T0OTHER01"}
+    assert answer["bot_user_id"] == slack.bot_user_id
+    assert answer["app_id"] == slack.app_id
+    assert slack.tokens_of("T0OTHER01") == [token]
+    identity = WebClient(token=token, base_url=slack.api_url).auth_test()
+    assert identity["team_id"] == "T0OTHER01"
+    assert WebClient(token=TOKEN, base_url=slack.api_url).auth_test()["team_id"] == slack.team_id
+    assert [call.method for call in slack.calls_with_token(token)] == ["auth.test"]
+    with pytest.raises(SlackApiError) as reused:
+        oauth.oauth_v2_access(
+            client_id=slack.client_id, client_secret=slack.client_secret, code=code
+        )
+    assert reused.value.response["error"] == "invalid_code"
+
+
+def test_oauth_needs_the_client_credentials(slack: SlackStandIn) -> None:
+    oauth = WebClient(base_url=slack.api_url)
+    code = slack.issue_code("T0OTHER01")
+    with pytest.raises(SlackApiError) as refused:
+        oauth.oauth_v2_access(client_id=slack.client_id, client_secret="wrong", code=code)
+    assert refused.value.response["error"] == "bad_client_secret"
+    assert slack.tokens_of("T0OTHER01") == []
+
+
+def test_revoked_workspace_tokens_are_refused(slack: SlackStandIn) -> None:
+    oauth = WebClient(base_url=slack.api_url)
+    code = slack.issue_code("T0OTHER01")
+    token = oauth.oauth_v2_access(
+        client_id=slack.client_id, client_secret=slack.client_secret, code=code
+    )["access_token"]
+    slack.revoke_team("T0OTHER01")
+    with pytest.raises(SlackApiError) as refused:
+        WebClient(token=token, base_url=slack.api_url).auth_test()
+    assert refused.value.response["error"] == "token_revoked"
+    assert WebClient(token=TOKEN, base_url=slack.api_url).auth_test()["ok"]

@@ -4,7 +4,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
+from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
+from sqlalchemy import MetaData, inspect, text
 
 from bot.storage.db import MIGRATIONS, alembic_config, current_revision, make_engine, upgrade
 
@@ -51,4 +53,29 @@ def test_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     upgrade(engine)
     assert current_revision(engine) == HEAD
+    engine.dispose()
+
+
+def test_oauth_tables_match_slack_sdk_stores(tmp_path: Path) -> None:
+    """Migration 0007 creates exactly the tables of slack_sdk's SQLAlchemy stores."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    upgrade(engine)
+    metadata = MetaData()
+    expected = [
+        SQLAlchemyInstallationStore.build_installations_table(metadata, "slack_installations"),
+        SQLAlchemyInstallationStore.build_bots_table(metadata, "slack_bots"),
+        SQLAlchemyOAuthStateStore.build_oauth_states_table(metadata, "slack_oauth_states"),
+    ]
+    found = inspect(engine)
+    for table in expected:
+        columns = {c["name"]: c for c in found.get_columns(table.name)}
+        assert list(columns) == [c.name for c in table.columns], table.name
+        for column in table.columns:
+            stored = columns[column.name]
+            assert isinstance(stored["type"], type(column.type)), column
+            assert getattr(stored["type"], "length", None) == getattr(column.type, "length", None)
+            assert stored["nullable"] == (column.nullable and not column.primary_key), column
+        indexes = {i["name"]: i["column_names"] for i in found.get_indexes(table.name)}
+        assert indexes == {i.name: [c.name for c in i.columns] for i in table.indexes}
+    assert "team_id" in {c["name"] for c in found.get_columns("task")}
     engine.dispose()
