@@ -20,7 +20,7 @@ from sqlalchemy import select
 from bot import tasks as task_ops
 from bot.answers import import_examples
 from bot.demo.simulator import SlackUser
-from bot.demo.socket_mode import SLACK_ACK_TIMEOUT, SocketConnection, SocketModeSlack
+from tests.bot.slack.socket_mode_standin import SLACK_ACK_TIMEOUT, SocketConnection, SocketModeSlack
 from bot.demo.standin import SlackStandIn
 from bot.ingest import IncomingItem
 from bot.runtime import Runtime, SlackSetupError, build_runtime, free_port
