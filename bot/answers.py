@@ -1,6 +1,5 @@
 """Answers: a person's label for an item, with history; and importing labelled examples."""
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,7 +10,7 @@ from sqlalchemy.orm import Session
 from bot import outbox
 from bot.errors import BadInputError, NotFoundError
 from bot.ingest import IncomingItem, check_batch, describe_labels
-from bot.queries import MAX_ITEM_ID, find_by_external_ids
+from bot.queries import MAX_ITEM_ID, decide_final, find_by_external_ids
 from bot.states import IMPORT_USER, AnswerKind, AnswerSource, LabelSource
 from bot.storage.bulk import insert_returning_ids, insert_rows
 from bot.storage.schema import Answer, Item, Task, utcnow
@@ -39,16 +38,6 @@ def current_answers(session: Session, item_id: int) -> list[Answer]:
     """The current (not superseded) answers of an item, oldest first."""
     query = select(Answer).where(Answer.item_id == item_id, Answer.is_current.is_(True))
     return list(session.scalars(query.order_by(Answer.created_at, Answer.id)))
-
-
-def decide_final(answers: Sequence[Answer]) -> Answer | None:
-    """The answer that decides an item's label: the majority, ties going to the latest."""
-    labelled = [a for a in answers if a.kind == AnswerKind.LABEL and a.label is not None]
-    if not labelled:
-        return None
-    counts = Counter(a.label for a in labelled)
-    best = max(counts.values())
-    return [a for a in labelled if counts[a.label] == best][-1]
 
 
 def refresh_final(session: Session, item: Item, *, now: datetime) -> None:

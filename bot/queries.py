@@ -1,9 +1,10 @@
 """Read-only look-ups of items, predictions and answers that several parts of the bot share."""
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
@@ -105,18 +106,34 @@ def answer_history(session: Session, item_ids: Sequence[int]) -> dict[int, list[
     return history
 
 
+class Vote(Protocol):
+    """What deciding an item's label needs of an answer (a stored row or a history record)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def label(self) -> str | None: ...
+
+
+V = TypeVar("V", bound=Vote)
+
+
+def decide_final(answers: Sequence[V]) -> V | None:
+    """The answer that decides an item's label: the majority, ties going to the latest."""
+    labelled = [a for a in answers if a.kind == AnswerKind.LABEL and a.label is not None]
+    if not labelled:
+        return None
+    counts = Counter(a.label for a in labelled)
+    best = max(counts.values())
+    return [a for a in labelled if counts[a.label] == best][-1]
+
+
 def deciding_answer(item: Item, history: Sequence[AnswerRecord]) -> AnswerRecord | None:
-    """The answer that gave a person-labelled item its final label (majority, ties to latest)."""
+    """The answer that gave a person-labelled item its final label (see `decide_final`)."""
     if item.final_source != LabelSource.PERSON:
         return None
-    labelled = [a for a in history if a.current and a.kind == AnswerKind.LABEL and a.label]
-    counts: dict[str, int] = {}
-    for answer in labelled:
-        counts[str(answer.label)] = counts.get(str(answer.label), 0) + 1
-    if not counts:
-        return None
-    best = max(counts.values())
-    return [a for a in labelled if counts[str(a.label)] == best][-1]
+    return decide_final([a for a in history if a.current])
 
 
 def item_status(item: Item) -> str:

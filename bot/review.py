@@ -6,8 +6,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.answers import current_answers, decide_final, get_item, record_answer
-from bot.queries import latest_prediction
+from bot.answers import current_answers, get_item, record_answer
+from bot.queries import decide_final, latest_prediction
 from bot.states import AnswerKind, LabelSource
 from bot.storage.schema import Item, ReviewPrompt, utcnow
 

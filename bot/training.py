@@ -274,19 +274,6 @@ def _record_run(
     run.old_version, run.new_version = old, new
 
 
-def _finish(
-    sessions: sessionmaker[Session],
-    run_id: int,
-    report: RetrainReport,
-    *,
-    error: str | None = None,
-    old: int | None = None,
-    new: int | None = None,
-) -> None:
-    with sessions.begin() as session:
-        _record_run(session, run_id, report, error=error, old=old, new=new)
-
-
 def recent_texts(session: Session, task: Task, *, since: datetime) -> list[str]:
     """Texts of items submitted since `since` (not imports), newest first, capped."""
     return list(
@@ -663,7 +650,8 @@ def retrain_task(
             started_at=now,
             finished_at=utcnow(),
         )
-        _finish(sessions, run_id, failed, error=reason[:2000])
+        with sessions.begin() as session:
+            _record_run(session, run_id, failed, error=reason[:2000])
         raise RetrainFailed(f"retrain of {task_name!r} failed: {reason}") from exc
 
 
@@ -704,7 +692,8 @@ def _run(
             headline=f"{name}: no new answers since model v{old_version}; kept it",
             finished_at=utcnow(),
         )
-        _finish(sessions, run_id, report, old=old_version, new=old_version)
+        with sessions.begin() as session:
+            _record_run(session, run_id, report, old=old_version, new=old_version)
         return RetrainResult(
             name, SKIPPED, old_version, old_version, run_id, gathered.channel, report
         )
@@ -724,7 +713,8 @@ def _run(
         report = replace(
             base, status=COLD, headline=f"{name}: no model yet: {exc}", finished_at=utcnow()
         )
-        _finish(sessions, run_id, report)
+        with sessions.begin() as session:
+            _record_run(session, run_id, report)
         return RetrainResult(name, COLD, None, None, run_id, gathered.channel, report)
 
     progress("evaluating")

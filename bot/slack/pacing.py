@@ -254,8 +254,9 @@ class PacedWebClient(WebClient):
         auth: dict[str, Any] | None = None,
     ) -> SlackResponse:
         """Call `api_method` once its bucket allows; after a 429 wait and call it again."""
-        if api_method in self.unpaced:
-            return super().api_call(
+
+        def call() -> SlackResponse:
+            return super(PacedWebClient, self).api_call(
                 api_method,
                 http_verb=http_verb,
                 files=files,
@@ -265,21 +266,15 @@ class PacedWebClient(WebClient):
                 headers=headers,
                 auth=auth,
             )
+
+        if api_method in self.unpaced:
+            return call()
         channel = _channel_of(api_method, json, data, params)
         priority = current_priority()
         while True:
             self.pacer.acquire(api_method, priority=priority, channel=channel)
             try:
-                return super().api_call(
-                    api_method,
-                    http_verb=http_verb,
-                    files=files,
-                    data=data,
-                    params=params,
-                    json=json,
-                    headers=headers,
-                    auth=auth,
-                )
+                return call()
             except SlackApiError as error:
                 wait = retry_after(error)
                 if wait is None:
