@@ -1,5 +1,6 @@
 """Answers: a person's label for an item, with history; and importing labelled examples."""
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,7 +14,10 @@ from bot.ingest import IncomingItem, check_batch, describe_labels
 from bot.queries import MAX_ITEM_ID, decide_final, find_by_external_ids
 from bot.states import IMPORT_USER, AnswerKind, AnswerSource, LabelSource
 from bot.storage.bulk import insert_returning_ids, insert_rows
-from bot.storage.schema import Answer, Item, Task, utcnow
+from bot.storage.schema import Answer, Item, Prediction, Task, utcnow
+
+# A model this sure that a person contradicts gets a second person's opinion.
+VERY_SURE = 0.9
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,8 @@ class AnswerOutcome:
     answer_id: int
     changed: bool  # False when the same answer was already current (a repeated click)
     final_label: str | None
+    escalated: bool = False  # reviewers disagree: the admins were just asked to decide
+    second_opinion: bool = False  # the answer contradicts a very sure model: one more is needed
 
 
 @dataclass(frozen=True)
@@ -40,12 +46,64 @@ def current_answers(session: Session, item_id: int) -> list[Answer]:
     return list(session.scalars(query.order_by(Answer.created_at, Answer.id)))
 
 
-def refresh_final(session: Session, item: Item, *, now: datetime) -> None:
+def votes_needed(item: Item) -> int:
+    """Agreeing answers that resolve `item`: its own need (a second opinion) or its task's."""
+    return max(item.votes_required or 1, item.task.votes_required or 1)
+
+
+def decide_with_votes(
+    answers: Sequence[Answer], *, needed: int, escalated: bool, admins: frozenset[str]
+) -> Answer | None:
+    """The answer that decides an item, or None while the reviewers have not agreed.
+
+    Imported labels decide at once (the latest wins). With one vote needed the majority
+    decides, ties going to the latest. With more, a label decides once `needed` people gave
+    it; after an escalation an admin's answer decides.
+    """
+    labelled = [a for a in answers if a.kind == AnswerKind.LABEL and a.label is not None]
+    imported = [a for a in labelled if a.user_id == IMPORT_USER]
+    if imported:
+        return imported[-1]
+    if needed <= 1:
+        return decide_final(answers)
+    if escalated:
+        by_admin = [a for a in labelled if a.user_id in admins]
+        if by_admin:
+            return by_admin[-1]
+    counts = Counter(a.label for a in labelled)
+    agreed = [a for a in labelled if counts[a.label] >= needed]
+    if not agreed:
+        return None
+    best = max(counts[a.label] for a in agreed)
+    return [a for a in agreed if counts[a.label] == best][-1]
+
+
+def first_prediction(session: Session, item_id: int) -> Prediction | None:
+    """The prediction that routed an item (its first)."""
+    return session.scalar(
+        select(Prediction).where(Prediction.item_id == item_id).order_by(Prediction.id).limit(1)
+    )
+
+
+def refresh_final(
+    session: Session, item: Item, *, now: datetime, admins: frozenset[str] = frozenset()
+) -> None:
     """Recompute an item's final label from its current human answers."""
-    decided = decide_final(current_answers(session, item.id))
+    decided = decide_with_votes(
+        current_answers(session, item.id),
+        needed=votes_needed(item),
+        escalated=item.escalated_at is not None,
+        admins=admins,
+    )
     if decided is None:
         if item.final_source == LabelSource.PERSON:
             item.final_label, item.final_source, item.resolved_at = None, None, None
+            if item.spot_check:
+                # Back to the automatic answer the spot check was checking.
+                routed = first_prediction(session, item.id)
+                item.final_label = routed.label if routed else None
+                item.final_source = LabelSource.MODEL if routed else None
+                item.resolved_at = item.submitted_at if routed else None
         return
     if item.final_source != LabelSource.PERSON or item.resolved_at is None:
         item.resolved_at = now
@@ -62,13 +120,19 @@ def record_answer(
     kind: str = AnswerKind.LABEL,
     source: AnswerSource = AnswerSource.SLACK,
     now: datetime | None = None,
+    admins: frozenset[str] = frozenset(),
 ) -> AnswerOutcome:
     """Store `user_id`'s answer; an earlier answer of theirs is kept as history.
 
-    The same answer given twice changes nothing, so repeated deliveries are harmless.
+    The same answer given twice changes nothing, so repeated deliveries are harmless. A
+    person's answer to a spot check is stored as a spot check. An answer that contradicts a
+    very sure model asks for a second opinion; reviewers who disagree where several votes are
+    needed are escalated to the admins (`AnswerOutcome.escalated`, once per item).
     """
     now = now or utcnow()
     task = item.task
+    if item.spot_check and source == AnswerSource.SLACK:
+        source = AnswerSource.SPOT_CHECK
     if kind == AnswerKind.LABEL:
         if label is None or label not in task.labels:
             raise BadInputError(
@@ -94,10 +158,46 @@ def record_answer(
     )
     session.add(answer)
     session.flush()
-    refresh_final(session, item, now=now)
+    second = (
+        kind == AnswerKind.LABEL
+        and user_id != IMPORT_USER
+        and _contradicts_sure_model(session, item, label)
+    )
+    if second:
+        item.votes_required = max(item.votes_required or 1, 2)
+    refresh_final(session, item, now=now, admins=admins)
+    escalated = False
+    if item.final_source != LabelSource.PERSON and votes_needed(item) > 1:
+        labels_given = {a.label for a in current_answers(session, item.id) if a.label is not None}
+        if len(labels_given) > 1 and item.escalated_at is None:
+            item.escalated_at = now
+            escalated = True
     if item.final_source == LabelSource.PERSON:
         outbox.mark_answered(session, item.id, now=now)
-    return AnswerOutcome(answer.id, changed=True, final_label=item.final_label)
+    return AnswerOutcome(
+        answer.id,
+        changed=True,
+        final_label=item.final_label,
+        escalated=escalated,
+        second_opinion=second,
+    )
+
+
+def _contradicts_sure_model(session: Session, item: Item, label: str | None) -> bool:
+    """The first person to answer disagrees with a model that was very sure."""
+    if item.votes_required is not None and item.votes_required > 1:
+        return False  # a second opinion is already asked for
+    others = [
+        a
+        for a in current_answers(session, item.id)
+        if a.kind == AnswerKind.LABEL and a.label is not None
+    ]
+    if len(others) != 1:
+        return False
+    routed = first_prediction(session, item.id)
+    if routed is None or routed.label is None or routed.label == label:
+        return False
+    return routed.confidence >= max(VERY_SURE, item.task.threshold)
 
 
 def get_item(session: Session, item_id: int, *, lock: bool = False) -> Item:

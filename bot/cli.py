@@ -20,7 +20,9 @@ from bot.answers import import_examples
 from bot.errors import BadInputError, HitlError, NotFoundError
 from bot.export import export_format, export_rows, write_export
 from bot.ingest import parse_csv, read_source
+from bot.registry import is_pruned, model_versions, pin_model
 from bot.report import format_report_text
+from bot.reviewers import ReviewerReport, reviewer_report
 from bot.routing import Routed, submit
 from bot.services import Services, build_services
 from bot.settings import Settings
@@ -28,6 +30,15 @@ from bot.stats import task_stats
 from bot.storage.db import upgrade
 from bot.storage.schema import utcnow
 from bot.training import latest_report, retrain_task
+from bot.trust import (
+    Preview,
+    live_precision,
+    preview,
+    set_spot_check_rate,
+    set_target_precision,
+    set_votes_required,
+    threshold_state,
+)
 from model.features import DEFAULT_FEATURIZER, FEATURIZERS
 
 
@@ -403,6 +414,149 @@ def task_labels(
         typer.echo("\n".join(labels))
 
 
+@task_app.command(
+    "spot-checks",
+    epilog=examples(
+        "hitl task spot-checks tickets",
+        "hitl task spot-checks tickets 0.02",
+        "hitl task spot-checks tickets 5%",
+    ),
+)
+def task_spot_checks(
+    name: TaskName,
+    share: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="SHARE",
+            help="Share of automatic answers also sent to a person, 0 to 1 (0.02 or 2%; 0 "
+            "turns spot checks off). Leave out to show it.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help='One JSON object: {"task", "spot_check_rate", "auto_precision"}.'
+        ),
+    ] = False,
+) -> None:
+    """Show or set the share of automatic answers that a person checks.
+
+    Spot checks are posted without the model's guess; their answers measure the precision of
+    the automatic answers (`hitl stats`) and correct the ones that were wrong.
+    """
+    with services().sessions.begin() as session:
+        task = task_ops.get_task(session, name, lock=share is not None)
+        old = task.spot_check_rate
+        if share is not None:
+            set_spot_check_rate(session, task, share, actor=_actor())
+        live = live_precision(session, task)
+        rate = task.spot_check_rate
+    if as_json:
+        echo_json({"task": name, "spot_check_rate": rate, "auto_precision": live.to_json()})
+    elif share is not None:
+        typer.echo(f"{name}: spot checks {old:.1%} → {rate:.1%} of automatic answers")
+    else:
+        typer.echo(f"{rate:g}")
+
+
+@task_app.command("votes", epilog=examples("hitl task votes tickets", "hitl task votes tickets 2"))
+def task_votes(
+    name: TaskName,
+    votes: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="N",
+            help="Agreeing answers that resolve an item (1 to 10); disagreement goes to the "
+            "admins. Leave out to show it.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='One JSON object: {"task", "votes_required"}.')
+    ] = False,
+) -> None:
+    """Show or set how many reviewers must agree before an item is resolved."""
+    with services().sessions.begin() as session:
+        task = task_ops.get_task(session, name, lock=votes is not None)
+        old = task.votes_required
+        if votes is not None:
+            set_votes_required(session, task, votes, actor=_actor())
+        new = task.votes_required
+    if as_json:
+        echo_json({"task": name, "votes_required": new})
+    elif votes is not None:
+        typer.echo(f"{name}: votes required {old} → {new}")
+    else:
+        typer.echo(str(new))
+
+
+@task_app.command(
+    "models",
+    epilog=examples(
+        "hitl task models tickets",
+        "hitl task models tickets --pin 7",
+        "hitl task models tickets --unpin 7 --json",
+    ),
+)
+def task_models(
+    name: TaskName,
+    pin: Annotated[
+        int | None,
+        typer.Option(
+            "--pin",
+            metavar="VERSION",
+            help="Keep this version's model file when old ones are pruned.",
+        ),
+    ] = None,
+    unpin: Annotated[
+        int | None,
+        typer.Option("--unpin", metavar="VERSION", help="Let this version be pruned again."),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON array of {version, status, created_at, train_size, pinned, pruned}.",
+        ),
+    ] = False,
+) -> None:
+    """List a task's model versions; pin one so that pruning keeps it.
+
+    Only the active version, the last HITL_KEEP_MODELS that served and pinned ones keep their
+    model file; rejected candidates keep their report only.
+    """
+    with services().sessions.begin() as session:
+        task = task_ops.get_task(session, name)
+        for version, pinned in ((pin, True), (unpin, False)):
+            if version is not None:
+                pin_model(session, task, version, pinned=pinned, actor=_actor())
+        rows = [
+            {
+                "version": row.version,
+                "status": row.status,
+                "created_at": row.created_at.isoformat(),
+                "train_size": row.train_size,
+                "pinned": row.pinned,
+                "pruned": is_pruned(row),
+            }
+            for row in model_versions(session, task)
+        ]
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        typer.echo(f"{name}: no model yet")
+    for row in rows:
+        flags = (
+            [str(row["status"])]
+            + (["pinned"] if row["pinned"] else [])
+            + (["pruned"] if row["pruned"] else [])
+        )
+        typer.echo(
+            f"v{row['version']}  {str(row['created_at'])[:16]}  {row['train_size']:>7} answers  "
+            + ", ".join(flags)
+        )
+
+
 @app.command(
     "import",
     epilog=examples("hitl import tickets labelled.csv", "cat labelled.csv | hitl import tickets -"),
@@ -582,22 +736,48 @@ def report_command(
     typer.echo(format_report_text(report))
 
 
-@app.command("stats", epilog=examples("hitl stats tickets", "hitl stats tickets --json"))
+@app.command(
+    "stats",
+    epilog=examples(
+        "hitl stats tickets", "hitl stats tickets --json", "hitl stats tickets --reviewers --json"
+    ),
+)
 def stats_command(
     name: TaskName,
+    reviewers: Annotated[
+        bool,
+        typer.Option(
+            "--reviewers",
+            help="Per person: answers, agreement with the final label and with spot checks; "
+            "and the team's agreement (Cohen's kappa for two raters, Krippendorff's alpha "
+            "for more).",
+        ),
+    ] = False,
     as_json: Annotated[
         bool,
         typer.Option(
             "--json",
             help="One JSON object: items, auto, review, review_queue, labels_by_source "
             "(slack, import, spot_check, total, people), model_version, model_metrics, "
-            "posting (state, reason, since), prompts_failed…",
+            "posting (state, reason, since), prompts_failed, target_precision, threshold, "
+            "precision_lower_bound, auto_precision (estimate, low, high, n)…; with "
+            "--reviewers: reviewers […] and agreement {measure, value}",
         ),
     ] = False,
 ) -> None:
     """Items, routing, stored labels by source, queue and the active model of a task."""
     with services().sessions.begin() as session:
-        stats = task_stats(session, task_ops.get_task(session, name))
+        task = task_ops.get_task(session, name)
+        if reviewers:
+            team = reviewer_report(session, task)
+        else:
+            stats = task_stats(session, task)
+    if reviewers:
+        if as_json:
+            echo_json(team.as_dict())
+        else:
+            typer.echo(reviewers_text(team))
+        return
     if as_json:
         echo_json(stats.as_dict())
         return
@@ -609,13 +789,37 @@ def stats_command(
         else "none yet"
     )
     share = f"{stats.auto / stats.items:.0%}" if stats.items else "-"
+    if stats.target_precision is None:
+        threshold = f"threshold {stats.threshold:g} (set by hand)"
+    elif stats.automating:
+        threshold = (
+            f"target precision {stats.target_precision:.1%}: threshold {stats.threshold:.4g}, "
+            f"precision ≥ {stats.precision_lower_bound:.3f}"
+        )
+    else:
+        threshold = f"target precision {stats.target_precision:.1%}: nothing automated yet"
+    live = stats.auto_precision
+    checks = (
+        f"spot checks: {live.estimate:.1%} right (95% interval {live.low:.1%}-{live.high:.1%}, "
+        f"n={live.n}) at {stats.spot_check_rate:.1%} of automatic answers"
+        if live.n and live.estimate is not None
+        else f"spot checks: none answered yet ({stats.spot_check_rate:.1%} of automatic answers)"
+    )
     typer.echo(
-        f"task {stats.task}: threshold {stats.threshold:g}, model {model}\n"
+        f"task {stats.task}: {threshold}, model {model}\n"
         f"items {stats.items}: {stats.auto} auto ({share}), {stats.review} review, "
         f"{stats.review_queue} waiting\n"
         + f"labels stored {stats.label_counts.total}: {stats.label_counts.breakdown()}"
-        + f" (Slack answers in 7 days: {stats.answers_7d:,})"
+        + f" (Slack answers in 7 days: {stats.answers_7d:,})\n"
+        + checks
     )
+    if stats.precision_alarm:
+        typer.echo(
+            "warning: spot checks put the automatic answers below the target precision; "
+            "the threshold is raised at the next retrain"
+        )
+    elif stats.target_precision is not None and not stats.automating and stats.threshold_reason:
+        typer.echo(f"why: {stats.threshold_reason}")
     posting = stats.posting
     if posting["state"] == "ok":
         typer.echo("posting: ok")
@@ -667,7 +871,11 @@ def prompts_retry(
 @app.command(
     "threshold",
     epilog=examples(
-        "hitl threshold tickets", "hitl threshold tickets 0.85", "hitl threshold tickets 85%"
+        "hitl threshold tickets",
+        "hitl threshold tickets 0.85",
+        "hitl threshold tickets 85%",
+        "hitl threshold tickets --precision 0.95",
+        "hitl threshold tickets 0.85 --preview --json",
     ),
 )
 def threshold_command(
@@ -679,19 +887,150 @@ def threshold_command(
             help="New threshold, above 0 and at most 1 (0.85 or 85%). Leave out to show it.",
         ),
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision",
+            help="Target precision instead of a threshold (0.95 or 95%): the threshold is "
+            "chosen so that automatic answers reach it with 90% confidence, and re-chosen "
+            "after every retrain.",
+        ),
+    ] = None,
+    show_preview: Annotated[
+        bool,
+        typer.Option(
+            "--preview",
+            help="Show what VALUE would do to recent traffic without changing anything.",
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object: mode, target_precision, threshold, precision_lower_bound, "
+            "automating, reason; with --preview: review_share, review_per_day, "
+            "auto_precision {estimate, low, high, n}…",
+        ),
+    ] = False,
 ) -> None:
-    """Show or set a task's confidence threshold.
+    """Show or set a task's confidence threshold, or a target precision.
 
-    Lower means less work for people and more wrong automatic labels; `hitl stats` shows both
-    sides. Every change is written to the audit log.
+    Lower means less work for people and more wrong automatic labels. With --precision the
+    bot picks the lowest threshold whose automatic answers reach the target on held-out
+    answers; until the evidence supports the target, items keep going to people. Every
+    change is written to the audit log.
     """
-    with services().sessions.begin() as session:
-        task = task_ops.get_task(session, name, lock=value is not None)
-        if value is None:
-            typer.echo(f"{task.threshold:g}")
+    if precision is not None and value is not None:
+        raise BadInputError("give either a threshold or --precision, not both")
+    if show_preview and value is None:
+        raise BadInputError(
+            "--preview needs a threshold to try, e.g. `hitl threshold T 0.85 --preview`"
+        )
+    svc = services()
+    with svc.sessions.begin() as session:
+        task = task_ops.get_task(session, name, lock=value is not None or precision is not None)
+        if show_preview:
+            assert value is not None
+            result = preview(
+                session,
+                task,
+                value,
+                registry=svc.registry,
+                days=svc.settings.report_window_days,
+            )
+            if as_json:
+                echo_json(result.as_dict())
+                return
+            typer.echo(preview_text(result))
             return
-        old = task_ops.set_threshold(session, task, value, actor=_actor())
-        typer.echo(f"{name}: threshold {old:g} → {task.threshold:g}")
+        if value is None and precision is None:
+            state = threshold_state(task)
+            if as_json:
+                echo_json({"task": name, **state})
+            elif state["mode"] == "manual":
+                typer.echo(f"{task.threshold:g}")
+            else:
+                typer.echo(threshold_text(name, state))
+            return
+        old = task.threshold
+        if precision is not None:
+            set_target_precision(session, task, precision, actor=_actor())
+        else:
+            assert value is not None
+            task_ops.set_threshold(session, task, value, actor=_actor())
+        state = threshold_state(task)
+    if as_json:
+        echo_json({"task": name, "old_threshold": old, **state})
+    elif state["mode"] == "manual":
+        typer.echo(f"{name}: threshold {old:g} → {state['threshold']:g}")
+    else:
+        typer.echo(threshold_text(name, state))
+
+
+def reviewers_text(team: ReviewerReport) -> str:
+    """One line per reviewer, then the team's agreement."""
+    lines = [f"task {team.task}: {len(team.reviewers)} reviewers"]
+    for r in team.reviewers:
+        agree = "-" if r.agree_final is None else f"{r.agree_final:.0%}"
+        spot = (
+            f"{r.spot_checks} spot checks, {r.agree_model_on_spot_checks:.0%} confirmed the model"
+            if r.spot_checks and r.agree_model_on_spot_checks is not None
+            else "no spot checks"
+        )
+        lines.append(
+            f"{r.user}: {r.answers} answers, {r.skips} skips, agrees with the final label "
+            f"{agree} of {r.resolved}; {spot}"
+        )
+    a = team.agreement
+    if a.measure is None:
+        lines.append("team agreement: no item has answers from two people yet")
+    else:
+        value = "undefined" if a.value is None else f"{a.value:.3f}"
+        name = "Cohen's kappa" if a.measure == "cohen_kappa" else "Krippendorff's alpha"
+        lines.append(f"team agreement: {name} {value} on {a.items} items, {a.raters} raters")
+    return "\n".join(lines)
+
+
+def threshold_text(name: str, state: dict[str, Any]) -> str:
+    """`tickets: target precision 95%: threshold 0.87 (precision ≥ 0.953 with 90% confidence)`."""
+    head = f"{name}: target precision {state['target_precision']:.1%}"
+    if state["automating"]:
+        return (
+            f"{head}: threshold {state['threshold']:.4g} (precision ≥ "
+            f"{state['precision_lower_bound']:.3f} with {state['confidence_level']:.0%} "
+            f"confidence)\n{state['reason']}"
+        )
+    return f"{head}: nothing is automated yet\n{state['reason']}"
+
+
+def preview_text(result: Preview) -> str:
+    """The what-if in a few lines."""
+    if result.review_share is None:
+        return (
+            f"{result.task}: no items in the last {result.days} days to preview threshold "
+            f"{result.threshold:g} on"
+        )
+    estimate = result.auto_precision
+    precision = (
+        f"{estimate['estimate']:.1%} (95% interval {estimate['low']:.1%}-{estimate['high']:.1%}, "
+        f"{estimate['n']} held-out answers)"
+        if estimate.get("estimate") is not None
+        else "unknown (no held-out answers above this threshold)"
+    )
+    return (
+        f"{result.task} at threshold {result.threshold:g} (model v{result.model_version}, "
+        f"{result.items} items in {result.days} days; now "
+        + (
+            f"{result.current_threshold:g}"
+            if result.current_threshold is not None
+            else "nothing automated"
+        )
+        + ")\n"
+        f"to people: {result.review_share:.1%} ≈ {result.review_per_day:.1f} items a day\n"
+        f"automatic: {1 - result.review_share:.1%} ≈ {result.auto_per_day:.1f} items a day, "
+        f"precision {precision}\n"
+        "nothing was changed"
+    )
 
 
 @app.command(

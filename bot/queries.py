@@ -233,3 +233,18 @@ def label_counts(session: Session, task: Task, *, since: datetime | None = None)
         spot_check=int(by_source.get(AnswerSource.SPOT_CHECK, 0)),
         people=int(people or 0),
     )
+
+
+RECENT_LIMIT = 20_000
+
+
+def recent_texts(session: Session, task: Task, *, since: datetime) -> list[str]:
+    """Texts of items submitted since `since` (not imports), newest first, capped."""
+    return list(
+        session.scalars(
+            select(Item.text)
+            .where(Item.task_id == task.id, Item.source != "import", Item.submitted_at >= since)
+            .order_by(Item.id.desc())
+            .limit(RECENT_LIMIT)
+        )
+    )

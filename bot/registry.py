@@ -3,6 +3,9 @@
 Artifacts are signed with the model signing key (HITL_MODEL_SIGNING_KEY, or a key file made on
 first use) when stored, and checked against it when loaded: a row written by someone without
 the key is refused, and the last model this process trusted keeps serving.
+
+Old artifacts are pruned (`prune_models`): the row, its metrics and its report stay, the bytes
+go. Pinned versions, the active one and the newest few that were ever active keep theirs.
 """
 
 import contextlib
@@ -12,19 +15,23 @@ import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from bot.errors import BadInputError, NotFoundError
 from bot.states import ModelStatus
-from bot.storage.schema import ModelVersion, Task
+from bot.storage.schema import AuditLog, ModelVersion, Task, utcnow
 from model import ArtifactError, TextClassifier, dumps, loads
 from model.persistence import Artifact
 
 logger = logging.getLogger(__name__)
 _KEY_BYTES = 32
+# The artifact_meta key that marks a pruned artifact, with the ISO time it was pruned.
+PRUNED_AT: Final = "pruned_at"
 
 
 @dataclass(frozen=True)
@@ -84,11 +91,17 @@ class ModelRegistry:
             if cached is not None:
                 self._cache.move_to_end(model_version_id)
                 return cached
-        data, meta = session.execute(
-            select(ModelVersion.artifact, ModelVersion.artifact_meta).where(
+        version, data, meta = session.execute(
+            select(ModelVersion.version, ModelVersion.artifact, ModelVersion.artifact_meta).where(
                 ModelVersion.id == model_version_id
             )
         ).one()
+        if PRUNED_AT in meta:
+            raise ArtifactError(
+                f"model v{version} was pruned at {meta[PRUNED_AT]} to save space: its artifact "
+                "is gone and cannot be loaded; use a kept version or retrain (pin a version "
+                "before it is pruned to keep its artifact)"
+            )
         classifier = loads(bytes(data), meta, key=self._key)
         with self._lock:
             self._cache[model_version_id] = classifier
@@ -195,3 +208,107 @@ def versions(session: Session, task: Task) -> list[ModelVersion]:
     """Every model version of a task, oldest first (artifacts not loaded)."""
     query = select(ModelVersion).where(ModelVersion.task_id == task.id)
     return list(session.scalars(query.order_by(ModelVersion.version)))
+
+
+def model_versions(session: Session, task: Task) -> list[ModelVersion]:
+    """Every model version of a task, newest first (artifacts not loaded; see `is_pruned`)."""
+    query = select(ModelVersion).where(ModelVersion.task_id == task.id)
+    return list(session.scalars(query.order_by(ModelVersion.version.desc())))
+
+
+def is_pruned(row: ModelVersion) -> bool:
+    """True when the version's artifact was pruned (read from its metadata, not its bytes)."""
+    return PRUNED_AT in row.artifact_meta
+
+
+def prune_models(
+    session: Session, task: Task, *, keep: int, now: datetime | None = None
+) -> list[int]:
+    """Delete the artifacts no longer worth keeping; returns the version numbers pruned.
+
+    Kept: the active version, the newest `keep` versions that were ever active (active or
+    retired) and every pinned version. Rejected candidates lose theirs whatever `keep` says.
+    Rows stay, with their metrics, so reports and history still show them. Idempotent.
+    """
+    if keep < 1:
+        raise ValueError("keep must be at least 1")
+    stamp = now or utcnow()
+    if stamp.tzinfo is None:
+        raise ValueError("naive datetime given; use an aware UTC datetime")
+    # Locked so that a version pinned or promoted meanwhile is not pruned under its feet
+    # (PostgreSQL; SQLite transactions already take the write lock when they begin).
+    rows = session.execute(
+        select(
+            ModelVersion.id,
+            ModelVersion.version,
+            ModelVersion.status,
+            ModelVersion.pinned,
+            ModelVersion.artifact_meta,
+        )
+        .where(ModelVersion.task_id == task.id)
+        .order_by(ModelVersion.version.desc())
+        .with_for_update()
+    ).all()
+    ever_active = [r for r in rows if r.status in (ModelStatus.ACTIVE, ModelStatus.RETIRED)]
+    kept = {r.id for r in ever_active[:keep]}
+    kept |= {r.id for r in rows if r.status == ModelStatus.ACTIVE or r.pinned}
+    doomed = [r for r in rows if r.id not in kept and PRUNED_AT not in r.artifact_meta]
+    if not doomed:
+        return []
+    pruned_at = stamp.isoformat()
+    # ORM bulk UPDATE by primary key: one executemany, no artifact read, and objects already in
+    # the session see the new values. A new dict: JSON columns only notice assignment.
+    session.execute(
+        update(ModelVersion),
+        [
+            {
+                "id": r.id,
+                "artifact": b"",
+                "artifact_meta": {**r.artifact_meta, PRUNED_AT: pruned_at},
+            }
+            for r in doomed
+        ],
+    )
+    pruned = sorted(r.version for r in doomed)
+    logger.info("task %s: pruned the artifacts of model versions %s", task.name, pruned)
+    return pruned
+
+
+def pin_model(
+    session: Session, task: Task, version: int, *, pinned: bool, actor: str
+) -> ModelVersion:
+    """Pin a model version (pruning keeps its artifact) or unpin it, audited; idempotent."""
+    row = session.scalar(
+        select(ModelVersion)
+        .where(ModelVersion.task_id == task.id, ModelVersion.version == version)
+        .with_for_update()
+    )
+    if row is None:
+        newest = session.scalar(
+            select(func.max(ModelVersion.version)).where(ModelVersion.task_id == task.id)
+        )
+        known = f"its versions are v1 to v{newest}" if newest else "it has no model yet"
+        raise NotFoundError(f"task {task.name!r} has no model v{version}; {known}")
+    if row.pinned == pinned:
+        return row  # a repeated click or command changes nothing and audits nothing
+    if pinned and is_pruned(row):
+        raise BadInputError(
+            f"model v{version} of task {task.name!r} was pruned at "
+            f"{row.artifact_meta[PRUNED_AT]}; its artifact cannot be restored, so pinning it "
+            "would keep nothing: pin a version before it is pruned"
+        )
+    session.add(
+        AuditLog(
+            task_id=task.id,
+            actor=actor,
+            field="model_pin",
+            old_value=f"v{version} {_pin_word(row.pinned)}",
+            new_value=f"v{version} {_pin_word(pinned)}",
+        )
+    )
+    row.pinned = pinned
+    return row
+
+
+def _pin_word(pinned: bool) -> str:
+    return "pinned" if pinned else "unpinned"

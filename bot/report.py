@@ -46,6 +46,112 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _pair(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, list | tuple) and len(value) == 2:
+        low, high = _float(value[0]), _float(value[1])
+        if low is not None and high is not None:
+            return (low, high)
+    return None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Candidate and active model, paired on answers the active model never trained on."""
+
+    n: int
+    new_accuracy: float | None
+    old_accuracy: float | None
+    difference: tuple[float, float] | None  # paired bootstrap 95 % interval of new - old
+    new_only: int  # answers only the candidate got right
+    old_only: int  # answers only the active model got right
+    p_value: float  # exact McNemar test on those discordant answers
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Comparison":
+        """From the stored `comparison` object."""
+        return cls(
+            n=_int(data.get("n")) or 0,
+            new_accuracy=_float(data.get("new_accuracy")),
+            old_accuracy=_float(data.get("old_accuracy")),
+            difference=_pair(data.get("difference")),
+            new_only=_int(data.get("new_only")) or 0,
+            old_only=_int(data.get("old_only")) or 0,
+            p_value=_float(data.get("p_value")) or 1.0,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """`{n, new_accuracy, old_accuracy, difference, new_only, old_only, p_value}`."""
+        return {
+            "n": self.n,
+            "new_accuracy": self.new_accuracy,
+            "old_accuracy": self.old_accuracy,
+            "difference": list(self.difference) if self.difference else None,
+            "new_only": self.new_only,
+            "old_only": self.old_only,
+            "p_value": self.p_value,
+        }
+
+
+@dataclass(frozen=True)
+class ThresholdFigures:
+    """The threshold the run chose for the task's target precision, and why."""
+
+    target_precision: float
+    threshold: float | None  # None: the evidence cannot support the target; nothing automated
+    precision_lower_bound: float | None
+    evidence: int
+    reason: str
+    raised_by_spot_checks: bool = False
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ThresholdFigures":
+        """From the stored `threshold_choice` object."""
+        return cls(
+            target_precision=_float(data.get("target_precision")) or 0.0,
+            threshold=_float(data.get("threshold")),
+            precision_lower_bound=_float(data.get("precision_lower_bound")),
+            evidence=_int(data.get("evidence")) or 0,
+            reason=str(data.get("reason") or ""),
+            raised_by_spot_checks=bool(data.get("raised_by_spot_checks")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """`{target_precision, threshold, precision_lower_bound, evidence, reason, …}`."""
+        return {
+            "target_precision": self.target_precision,
+            "threshold": self.threshold,
+            "precision_lower_bound": self.precision_lower_bound,
+            "evidence": self.evidence,
+            "reason": self.reason,
+            "raised_by_spot_checks": self.raised_by_spot_checks,
+        }
+
+
+@dataclass(frozen=True)
+class LivePrecision:
+    """Precision of automatic answers measured by spot checks, with a 95 % exact interval."""
+
+    estimate: float | None
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "LivePrecision":
+        """From a stored `{estimate, low, high, n}` object."""
+        high = _float(data.get("high"))
+        return cls(
+            estimate=_float(data.get("estimate")),
+            low=_float(data.get("low")) or 0.0,
+            high=1.0 if high is None else high,
+            n=_int(data.get("n")) or 0,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """`{estimate, low, high, n}`."""
+        return {"estimate": self.estimate, "low": self.low, "high": self.high, "n": self.n}
+
+
 @dataclass(frozen=True)
 class HoldoutMetrics:
     """One model measured on the holdout (or by cross-validation): `model.metrics.evaluate`."""
@@ -56,6 +162,9 @@ class HoldoutMetrics:
     log_loss: float | None = None
     ece: float | None = None
     mean_confidence: float | None = None
+    # 95 % bootstrap intervals (low, high) over the same n answers.
+    accuracy_ci: tuple[float, float] | None = None
+    macro_f1_ci: tuple[float, float] | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "HoldoutMetrics":
@@ -67,10 +176,15 @@ class HoldoutMetrics:
             log_loss=_float(data.get("log_loss")),
             ece=_float(data.get("ece")),
             mean_confidence=_float(data.get("mean_confidence")),
+            accuracy_ci=_pair(data.get("accuracy_ci")),
+            macro_f1_ci=_pair(data.get("macro_f1_ci")),
         )
 
     def to_json(self) -> dict[str, Any]:
-        """`{n, accuracy, macro_f1, log_loss, ece, mean_confidence}`, leaving out unknown ones."""
+        """`{n, accuracy, macro_f1, log_loss, ece, mean_confidence, accuracy_ci, macro_f1_ci}`.
+
+        Unknown figures are left out; an interval is `[low, high]`.
+        """
         values = {
             "n": self.n,
             "accuracy": self.accuracy,
@@ -78,6 +192,8 @@ class HoldoutMetrics:
             "log_loss": self.log_loss,
             "ece": self.ece,
             "mean_confidence": self.mean_confidence,
+            "accuracy_ci": list(self.accuracy_ci) if self.accuracy_ci else None,
+            "macro_f1_ci": list(self.macro_f1_ci) if self.macro_f1_ci else None,
         }
         return {key: value for key, value in values.items() if value is not None}
 
@@ -250,6 +366,10 @@ class RetrainReport:
     holdout: Holdout | None = None
     recent: RecentTraffic | None = None
     movers: Movers = field(default_factory=Movers)
+    comparison: Comparison | None = None
+    target_precision: float | None = None
+    threshold_choice: ThresholdFigures | None = None
+    auto_precision: LivePrecision | None = None  # spot checks of the automatic answers
     promoted: bool | None = None
     reason: str | None = None
     queue_resolved: int = 0
@@ -301,6 +421,13 @@ class RetrainReport:
             "holdout": self.holdout.to_json() if self.holdout else None,
             "recent": self.recent.to_json() if self.recent else None,
             "movers": self.movers.to_json(),
+            "comparison": self.comparison.to_json() if self.comparison else None,
+            "target_precision": self.target_precision,
+            "precision_lower_bound": (
+                self.threshold_choice.precision_lower_bound if self.threshold_choice else None
+            ),
+            "threshold_choice": self.threshold_choice.to_json() if self.threshold_choice else None,
+            "auto_precision": self.auto_precision.to_json() if self.auto_precision else None,
             "promoted": self.promoted,
             "reason": self.reason,
             "queue_resolved": self.queue_resolved,
@@ -322,6 +449,8 @@ class RetrainReport:
             legacy = (_int(data.get("new_answers")) or 0, _int(data.get("answerers")) or 0)
         holdout, recent = data.get("holdout"), data.get("recent")
         promoted = data.get("promoted")
+        comparison, choice = data.get("comparison"), data.get("threshold_choice")
+        live = data.get("auto_precision")
         return cls(
             task=str(data.get("task") or ""),
             status=status,
@@ -339,6 +468,14 @@ class RetrainReport:
             holdout=Holdout.from_json(holdout) if isinstance(holdout, Mapping) else None,
             recent=RecentTraffic.from_json(recent) if isinstance(recent, Mapping) else None,
             movers=Movers.from_json(_mapping(data.get("movers"))),
+            comparison=Comparison.from_json(comparison)
+            if isinstance(comparison, Mapping)
+            else None,
+            target_precision=_float(data.get("target_precision")),
+            threshold_choice=ThresholdFigures.from_json(choice)
+            if isinstance(choice, Mapping)
+            else None,
+            auto_precision=LivePrecision.from_json(live) if isinstance(live, Mapping) else None,
             promoted=promoted if isinstance(promoted, bool) else None,
             reason=_str(data.get("reason")),
             queue_resolved=_int(data.get("queue_resolved")) or 0,
@@ -408,12 +545,11 @@ def report_lines(report: RetrainReport) -> list[str]:
         )
     holdout = report.holdout or Holdout()
     old_h, new_h = holdout.old or HoldoutMetrics(), holdout.new or HoldoutMetrics()
-    size = report.holdout_size or 0
-    where = f"holdout of {size}" if size else "cross-validation"
-    lines.append(
-        f"accuracy ({where}): {_change(old_h.accuracy, new_h.accuracy, pct=True)}; "
-        f"macro-F1: {_change(old_h.macro_f1, new_h.macro_f1)}"
-    )
+    lines.append(evidence_line(report, new_h))
+    comparison = report.comparison
+    if comparison is not None and comparison.n:
+        lines.append(comparison_line(report, comparison))
+    lines.extend(trust_lines(report))
     lines.append(f"calibration error (ECE): {_change(old_h.ece, new_h.ece)}")
     for moves, word in ((report.movers.gains, "up"), (report.movers.losses, "down")):
         if moves:
@@ -424,6 +560,64 @@ def report_lines(report: RetrainReport) -> list[str]:
         lines.append(f"review queue items resolved by the new model: {report.queue_resolved}")
     if report.reason:
         lines.append(f"decision: {report.reason}")
+    return lines
+
+
+def _interval(pair: tuple[float, float] | None, *, pct: bool = True) -> str:
+    if pair is None:
+        return ""
+    if pct:
+        return f" (95% interval {pair[0]:.0%}-{pair[1]:.0%})"
+    return f" (95% interval {pair[0]:.3f}-{pair[1]:.3f})"
+
+
+def evidence_line(report: RetrainReport, new: HoldoutMetrics) -> str:
+    """The new model's accuracy on answers it never trained on, with intervals and n."""
+    how = report.evaluation or "held out"
+    n = new.n if new.n is not None else report.holdout_size
+    return (
+        f"accuracy ({how}, {n or 0} answers): {_pct(new.accuracy)}{_interval(new.accuracy_ci)}; "
+        f"macro-F1 {_num(new.macro_f1)}{_interval(new.macro_f1_ci, pct=False)}"
+    )
+
+
+def comparison_line(report: RetrainReport, c: Comparison) -> str:
+    """Both models paired on the answers the active model never saw."""
+    spread = (
+        f", difference {c.difference[0] * 100:+.1f} to {c.difference[1] * 100:+.1f} points"
+        if c.difference
+        else ""
+    )
+    return (
+        f"v{report.old_version} vs the new model on {c.n} answers v{report.old_version} never "
+        f"saw: accuracy {_pct(c.old_accuracy)} → {_pct(c.new_accuracy)}{spread} "
+        f"(McNemar p = {c.p_value:.2g})"
+    )
+
+
+def trust_lines(report: RetrainReport) -> list[str]:
+    """Target precision, the threshold chosen for it, and what spot checks measured."""
+    lines = []
+    choice = report.threshold_choice
+    if report.target_precision is not None and choice is not None:
+        if choice.threshold is None:
+            lines.append(
+                f"target precision {report.target_precision:.1%}: nothing automated yet "
+                f"({choice.reason})"
+            )
+        else:
+            raised = " (raised: spot checks fell short)" if choice.raised_by_spot_checks else ""
+            lines.append(
+                f"target precision {report.target_precision:.1%}: threshold "
+                f"{choice.threshold:.4g}{raised}, precision ≥ "
+                f"{_num(choice.precision_lower_bound)} on {choice.evidence} held-out answers"
+            )
+    live = report.auto_precision
+    if live is not None and live.n and live.estimate is not None:
+        lines.append(
+            f"spot checks of automatic answers: {live.estimate:.1%} right "
+            f"(95% interval {live.low:.1%}-{live.high:.1%}, n={live.n})"
+        )
     return lines
 
 

@@ -1,10 +1,20 @@
-"""Submitting items: predict in one batch, store items and predictions, route by confidence."""
+"""Submitting items: predict in one batch, store items and predictions, route by confidence.
 
+An item is answered automatically when the task is automating (a hand-set threshold, or a
+target precision the evidence supports), its confidence reaches the threshold, and its
+predicted label has enough answers to be trusted. A share of automatic answers is also
+posted for a person to check (spot checks), without the model's guess.
+"""
+
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot import outbox
@@ -14,7 +24,8 @@ from bot.queries import find_by_external_ids, latest_prediction
 from bot.registry import ModelRegistry
 from bot.states import LabelSource, Route
 from bot.storage.bulk import insert_returning_ids, insert_rows
-from bot.storage.schema import Item, Prediction, Task, utcnow
+from bot.storage.schema import Item, ModelVersion, Prediction, Task, utcnow
+from model import Prediction as Scores
 
 _PROBABILITY_DECIMALS = 5
 
@@ -30,6 +41,7 @@ class Routed:
     route: str
     model_version: int | None
     duplicate: bool = False
+    spot_check: bool = False
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready form, as printed by `hitl submit --json` and the HTTP API."""
@@ -39,6 +51,7 @@ class Routed:
             "label": self.label,
             "confidence": round(self.confidence, 6),
             "route": self.route,
+            "spot_check": self.spot_check,
             "model_version": self.model_version,
             "duplicate": self.duplicate,
         }
@@ -47,6 +60,78 @@ class Routed:
 def route_for(confidence: float, threshold: float) -> str:
     """`auto` when confidence reaches the threshold, else `review`."""
     return Route.AUTO if confidence >= threshold else Route.REVIEW
+
+
+@dataclass(frozen=True)
+class AutoRule:
+    """Which predictions are answered automatically.
+
+    `threshold` None automates nothing (a target precision the evidence cannot support yet);
+    `auto_labels` None allows every label (models stored before labels were judged one by one).
+    """
+
+    threshold: float | None
+    auto_labels: frozenset[str] | None = None
+
+    @classmethod
+    def nothing(cls) -> "AutoRule":
+        """Every item goes to a person."""
+        return cls(None)
+
+    @classmethod
+    def of(cls, task: Task, metrics: dict[str, Any] | None) -> "AutoRule":
+        """The rule a task applies with a model stored with `metrics`."""
+        labels = (metrics or {}).get("auto_labels")
+        allowed = frozenset(str(x) for x in labels) if isinstance(labels, list) else None
+        return cls(effective_threshold(task), allowed)
+
+    def with_threshold(self, threshold: float | None) -> "AutoRule":
+        """The same labels at another threshold."""
+        return AutoRule(threshold, self.auto_labels)
+
+    def mask(self, scores: Scores) -> NDArray[np.bool_]:
+        """True for each prediction answered automatically."""
+        return self.mask_of(scores.confidence, scores.predicted)
+
+    def mask_of(
+        self, confidences: NDArray[np.float64], predicted: Sequence[str | None]
+    ) -> NDArray[np.bool_]:
+        """The same from bare confidences and labels."""
+        if self.threshold is None:
+            return np.zeros(len(confidences), dtype=bool)
+        sure: NDArray[np.bool_] = np.asarray(confidences, dtype=np.float64) >= self.threshold
+        if self.auto_labels is None:
+            return sure
+        allowed = self.auto_labels
+        known: NDArray[np.bool_] = np.asarray([p in allowed for p in predicted], dtype=bool)
+        return sure & known
+
+
+def effective_threshold(task: Task) -> float | None:
+    """The threshold routing uses now; None while a target precision is not supported yet."""
+    if task.target_precision is not None and task.precision_lower_bound is None:
+        return None
+    return task.threshold
+
+
+def model_rule(session: Session, task: Task, model_id: int | None) -> AutoRule:
+    """The task's rule with the stored model `model_id` (nothing automated without a model)."""
+    if model_id is None:
+        return AutoRule.nothing()
+    metrics = session.scalar(select(ModelVersion.metrics).where(ModelVersion.id == model_id))
+    return AutoRule.of(task, metrics)
+
+
+def pick_spot_checks(
+    automatic: Sequence[bool], *, rate: float, rng: random.Random | None = None
+) -> list[bool]:
+    """Each automatic answer is also sent to a person with probability `rate`."""
+    draw = (rng or _spot_rng).random
+    return [bool(auto) and rate > 0 and draw() < rate for auto in automatic]
+
+
+# Not for secrets: an unbiased coin per item is all a spot check needs.
+_spot_rng = random.Random()
 
 
 def _replay(session: Session, item: Item) -> Routed:
@@ -59,6 +144,7 @@ def _replay(session: Session, item: Item) -> Routed:
         route=item.route or Route.REVIEW,
         model_version=version,
         duplicate=True,
+        spot_check=item.spot_check,
     )
 
 
@@ -72,6 +158,7 @@ def submit(
     source: str = "api",
     requested_by: str | None = None,
     now: datetime | None = None,
+    rng: random.Random | None = None,
 ) -> list[Routed]:
     """Classify and store a batch; review items are queued for a person.
 
@@ -105,7 +192,10 @@ def submit(
         labels = [None] * n
         confidences = np.zeros(n)
         probabilities = [None] * n
-    routes = [route_for(float(c), task.threshold) if loaded else Route.REVIEW for c in confidences]
+    rule = model_rule(session, task, loaded.id if loaded else None)
+    automatic = rule.mask_of(confidences, labels).tolist() if n else []
+    routes = [Route.AUTO if auto else Route.REVIEW for auto in automatic]
+    spot = pick_spot_checks(automatic, rate=task.spot_check_rate, rng=rng)
     model_id = loaded.id if loaded else None
     version = loaded.version if loaded else None
 
@@ -126,8 +216,11 @@ def submit(
                     "final_source": LabelSource.MODEL if route == Route.AUTO else None,
                     "resolved_at": now if route == Route.AUTO else None,
                     "requested_by": requested_by,
+                    "spot_check": checked_spot,
                 }
-                for item, route, label in zip(fresh, routes, labels, strict=True)
+                for item, route, label, checked_spot in zip(
+                    fresh, routes, labels, spot, strict=True
+                )
             ],
         )
         insert_rows(
@@ -150,19 +243,23 @@ def submit(
         )
         outbox.enqueue(
             session,
-            [i for i, route in zip(item_ids, routes, strict=True) if route == Route.REVIEW],
+            [
+                i
+                for i, route, checked_spot in zip(item_ids, routes, spot, strict=True)
+                if route == Route.REVIEW or checked_spot
+            ],
             channel=task.channel,
             now=now,
         )
 
-    made = iter(zip(item_ids, labels, confidences, routes, strict=True))
+    made = iter(zip(item_ids, labels, confidences, routes, spot, strict=True))
     results: list[Routed] = []
     for item in checked:
         old = existing.get(item.external_id) if item.external_id is not None else None
         if old is not None:
             results.append(_replay(session, old))
             continue
-        item_id, label, confidence, route = next(made)
+        item_id, label, confidence, route, checked_spot = next(made)
         results.append(
             Routed(
                 item_id=item_id,
@@ -171,6 +268,7 @@ def submit(
                 confidence=float(confidence),
                 route=route,
                 model_version=version,
+                spot_check=checked_spot,
             )
         )
     return results

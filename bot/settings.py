@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     report_window_days: int = Field(7, ge=1)
     promotion_tolerance: float = Field(0.005, ge=0.0)
     report_skips: bool = True
+    # Each retrain stores a model artifact (megabytes for a large label set); pruning keeps
+    # this many of the newest ever-active ones, plus the active and pinned versions.
+    keep_models: int = Field(5, ge=1)
     # Signs model artifacts; replicas sharing a database must share it. Unset: a random key
     # is made on first use in `model_key_file`.
     model_signing_key: SecretStr | None = None

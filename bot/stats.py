@@ -1,7 +1,7 @@
 """Figures about a task: traffic, routing, answers, queue and the active model."""
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,8 +11,10 @@ from sqlalchemy.orm import Session
 from bot import outbox
 from bot.queries import LabelCounts, label_counts
 from bot.registry import active_version
+from bot.report import LivePrecision
 from bot.states import AnswerKind, AnswerSource, Route
 from bot.storage.schema import Answer, Item, Task, utcnow
+from bot.trust import live_precision, threshold_state
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class TaskStats:
     task: str
     labels: int
     channel: str | None
-    threshold: float
+    threshold: float | None  # None while a target precision cannot be supported yet
     items: int
     auto: int
     review: int
@@ -50,12 +52,33 @@ class TaskStats:
     # "reason": …, "since": …} while Slack refuses the token or the channel.
     posting: dict[str, Any]
     prompts_failed: int  # refused by Slack as malformed; `hitl prompts retry` re-queues them
+    # Trust: the target (None when the threshold is set by hand), the lower confidence bound
+    # behind the chosen threshold, whether anything is automated, and why.
+    target_precision: float | None = None
+    precision_lower_bound: float | None = None
+    automating: bool = True
+    threshold_reason: str | None = None
+    # Spot checks: the live precision of automatic answers, {estimate, low, high, n}.
+    auto_precision: LivePrecision = field(default_factory=lambda: LivePrecision(None, 0, 1, 0))
+    spot_check_rate: float = 0.0
+    votes_required: int = 1
+
+    @property
+    def precision_alarm(self) -> bool:
+        """Spot checks put even the top of the interval below the target."""
+        return (
+            self.target_precision is not None
+            and self.auto_precision.n > 0
+            and self.auto_precision.high < self.target_precision
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         data = asdict(self)
         del data["label_counts"]
         data["labels_by_source"] = self.labels_by_source
+        data["auto_precision"] = self.auto_precision.to_json()
+        data["precision_alarm"] = self.precision_alarm
         return data
 
 
@@ -113,11 +136,12 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
         .limit(5)
     ).all()
     model = active_version(session, task)
+    state = threshold_state(task)
     return TaskStats(
         task=task.name,
         labels=len(task.labels),
         channel=task.channel,
-        threshold=task.threshold,
+        threshold=state["threshold"],
         items=auto + review + int(routes.get(None, 0)),
         auto=auto,
         review=review,
@@ -137,6 +161,13 @@ def task_stats(session: Session, task: Task, *, now: datetime | None = None) -> 
         model_metrics=dict(model.metrics) if model else {},
         posting=outbox.posting_state(session, task.channel, team_id=task.team_id),
         prompts_failed=outbox.failed_count(session, task),
+        target_precision=task.target_precision,
+        precision_lower_bound=task.precision_lower_bound,
+        automating=state["automating"],
+        threshold_reason=state["reason"],
+        auto_precision=live_precision(session, task, now=now),
+        spot_check_rate=task.spot_check_rate,
+        votes_required=task.votes_required,
     )
 
 

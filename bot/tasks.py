@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bot.errors import BadInputError, ConflictError, NotFoundError
-from bot.storage.schema import AuditLog, Item, Task
+from bot.storage.schema import AuditLog, Item, Task, utcnow
 from model.features import FEATURIZERS
 
 MAX_LABEL_CHARS = 200
@@ -182,9 +182,25 @@ def item_count(session: Session, task: Task) -> int:
 
 
 def set_threshold(session: Session, task: Task, value: str | float, *, actor: str) -> float:
-    """Change a task's threshold and audit who did it; returns the old value."""
+    """Set a task's threshold by hand (leaving precision mode), audited; returns the old value."""
     new = parse_threshold(value)
     old = task.threshold
+    if task.target_precision is not None:
+        session.add(
+            AuditLog(
+                task_id=task.id,
+                actor=actor,
+                field="target_precision",
+                old_value=repr(task.target_precision),
+                new_value=repr(None),
+            )
+        )
+    task.target_precision = None
+    task.precision_lower_bound = None
+    task.threshold_evidence = None
+    task.precision_alert_at = None
+    if new != old or task.threshold_since is None:
+        task.threshold_since = utcnow()
     task.threshold = new
     session.add(
         AuditLog(

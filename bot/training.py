@@ -7,7 +7,6 @@ than the tolerance; re-score the open review queue; store the run with its repor
 leaves the active model serving and is recorded as a failed run.
 """
 
-import hashlib
 import logging
 import os
 import socket
@@ -24,33 +23,41 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import outbox
 from bot.errors import HitlError
-from bot.queries import LabelCounts, label_counts
-from bot.registry import ModelRegistry, active_version, store_model
+from bot.queries import LabelCounts, label_counts, recent_texts
+from bot.registry import ModelRegistry, active_version, prune_models, store_model
 from bot.report import (
+    Comparison,
     Holdout,
     HoldoutMetrics,
     LabelMove,
+    LivePrecision,
     Movers,
     RecentTraffic,
     RetrainReport,
+    ThresholdFigures,
     Traffic,
     VersionPoint,
 )
+from bot.routing import AutoRule, effective_threshold
 from bot.settings import Settings
 from bot.states import LabelSource, ModelStatus, Route, RunStatus
 from bot.storage.bulk import insert_rows
 from bot.storage.schema import Item, ModelVersion, Prediction, RetrainRun, Task, utcnow
 from bot.tasks import get_task
-from model import ArtifactError, TextClassifier, TrainingError, train
-from model.classifier import cross_val_probabilities, minimum_count_missing
-from model.metrics import evaluate, per_label_f1
+from bot.trust import apply_choice, live_precision, raised_threshold
+from model import ArtifactError, TextClassifier, TrainingError
+from model.intervals import Interval, bootstrap_interval, mcnemar, paired_bootstrap_difference
+from model.metrics import evaluate
+from model.trust import (
+    MIN_ANSWERS_TO_AUTOMATE,
+    FittedWithEvidence,
+    calibration_counts,
+    fit_with_evidence,
+)
 
 logger = logging.getLogger(__name__)
 
-HOLDOUT_MINIMUM = 50
-RECENT_LIMIT = 20_000
 STALE_RUN = timedelta(hours=2)
-_HASH_BUCKETS = 10_000
 _HISTOGRAM_EDGES = np.linspace(0.0, 1.0, 21)
 
 # Called with each stage's name as it starts: gathering, training, evaluating, saving, re-scoring.
@@ -78,20 +85,39 @@ class LabelledData:
     item_ids: list[int]
     texts: list[str]
     labels: list[str]
+    resolved_at: list[datetime | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class TrainedCandidate:
-    """A freshly trained classifier and the data it was measured on."""
+    """A model refit on every answer, and its out-of-fold evidence (what judges it)."""
 
-    classifier: TextClassifier
+    fitted: FittedWithEvidence
     train_size: int
-    holdout_size: int
-    evaluation: str  # "holdout" or "cross-validation"
+    evaluation: str  # how the evidence was made, e.g. "cross-fitted (5 folds)"
     metrics: dict[str, float]
-    holdout_texts: list[str]
-    holdout_truth: list[str]
-    probabilities: NDArray[np.float64]
+    intervals: dict[str, Interval]  # bootstrap intervals of accuracy and macro-F1
+    evidence_rows: list[int]  # positions in the LabelledData of the examples scored
+
+    @property
+    def classifier(self) -> TextClassifier:
+        """The deployable model."""
+        return self.fitted.classifier
+
+    @property
+    def probabilities(self) -> NDArray[np.float64]:
+        """Out-of-fold probabilities of the evidence rows."""
+        return self.fitted.evidence.probabilities
+
+    @property
+    def evidence_truth(self) -> list[str]:
+        """The people's labels of the evidence rows."""
+        return self.fitted.evidence.truth
+
+    @property
+    def holdout_size(self) -> int:
+        """How many answers the figures were measured on."""
+        return len(self.evidence_rows)
 
 
 @dataclass(frozen=True)
@@ -125,7 +151,7 @@ class RetrainResult:
 def load_labelled(session: Session, task: Task) -> LabelledData:
     """Every item of `task` whose final label was given by a person."""
     rows = session.execute(
-        select(Item.id, Item.text, Item.final_label)
+        select(Item.id, Item.text, Item.final_label, Item.resolved_at)
         .where(Item.task_id == task.id, Item.final_source == LabelSource.PERSON)
         .order_by(Item.id)
     ).all()
@@ -135,18 +161,8 @@ def load_labelled(session: Session, task: Task) -> LabelledData:
         item_ids=[row.id for row in kept],
         texts=[row.text for row in kept],
         labels=[str(row.final_label) for row in kept],
+        resolved_at=[row.resolved_at for row in kept],
     )
-
-
-def in_holdout(item_ids: Sequence[int], *, share: float) -> NDArray[np.bool_]:
-    """A stable share of items, chosen by a hash of their id, that never enters training."""
-    cut = round(share * _HASH_BUCKETS)
-    buckets = [
-        int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=4).digest(), "big")
-        % _HASH_BUCKETS
-        for i in item_ids
-    ]
-    return np.asarray(buckets, dtype=np.int64) < cut
 
 
 def train_candidate(
@@ -154,65 +170,67 @@ def train_candidate(
     *,
     labels: Sequence[str],
     featurizer: str,
-    min_per_label: int,
-    holdout_share: float,
+    min_to_automate: int = MIN_ANSWERS_TO_AUTOMATE,
+    random_state: int = 0,
 ) -> TrainedCandidate:
-    """Train on the non-holdout answers and measure on the holdout (or by cross-validation)."""
-    short = minimum_count_missing(labels, data.labels, min_per_label=min_per_label)
-    if short:
-        shown = ", ".join(f"{label!r} has {count}" for label, count in list(short.items())[:8])
-        more = f" and {len(short) - 8} more" if len(short) > 8 else ""
-        raise TrainingError(
-            f"every label needs at least {min_per_label} answers before a first model; "
-            f"{shown}{more}"
-        )
-    holdout = in_holdout(data.item_ids, share=holdout_share)
-    texts = np.asarray(data.texts, dtype=object)
-    truth = np.asarray(data.labels, dtype=object)
-    fit_labels = [str(x) for x in truth[~holdout]]
-    use_holdout = int(holdout.sum()) >= HOLDOUT_MINIMUM and not minimum_count_missing(
-        labels, fit_labels, min_per_label=min_per_label
+    """Cross-fit for held-out evidence on every answer, then refit on all of them.
+
+    Labels with too few answers are left out of the model (their items stay with people); a
+    first model needs two labels with two answers each.
+    """
+    fitted = fit_with_evidence(
+        data.texts,
+        data.labels,
+        labels=labels,
+        featurizer=featurizer,
+        random_state=random_state,
+        min_to_automate=min_to_automate,
     )
-    if use_holdout:
-        classifier = train(
-            [str(x) for x in texts[~holdout]],
-            fit_labels,
-            labels=labels,
-            featurizer=featurizer,
-            min_per_label=min_per_label,
-        )
-        held_texts = [str(x) for x in texts[holdout]]
-        held_truth = [str(x) for x in truth[holdout]]
-        probabilities = classifier.predict(held_texts).probabilities
-        metrics = evaluate(probabilities, labels, held_truth)
-        return TrainedCandidate(
-            classifier,
-            len(fit_labels),
-            len(held_truth),
-            "holdout",
-            metrics,
-            held_texts,
-            held_truth,
-            probabilities,
-        )
-    # Too few answers for a meaningful holdout: measure by cross-validation, train on everything.
-    probabilities = cross_val_probabilities(
-        data.texts, data.labels, labels=labels, featurizer=featurizer
-    )
-    metrics = evaluate(probabilities, labels, data.labels)
-    classifier = train(
-        data.texts, data.labels, labels=labels, featurizer=featurizer, min_per_label=min_per_label
+    evidence = fitted.evidence
+    metrics = evaluate(evidence.probabilities, labels, evidence.truth)
+    intervals = holdout_intervals(evidence.probabilities, labels, evidence.truth)
+    how = (
+        f"cross-fitted ({fitted.folds} folds)"
+        if fitted.folds > 1
+        else f"held-out split of {len(evidence.truth)}"
     )
     return TrainedCandidate(
-        classifier,
+        fitted,
         len(data.labels),
-        0,
-        "cross-validation",
+        how,
         metrics,
-        list(data.texts),
-        list(data.labels),
-        probabilities,
+        intervals,
+        [int(i) for i in evidence.rows],
     )
+
+
+def holdout_intervals(
+    probabilities: NDArray[np.float64], labels: Sequence[str], truth: Sequence[str]
+) -> dict[str, Interval]:
+    """Bootstrap intervals of accuracy and macro-F1 over the same resampled answers."""
+    n = len(truth)
+    if n == 0:
+        return {}
+    position = {label: j for j, label in enumerate(labels)}
+    true_codes = np.asarray([position[t] for t in truth], dtype=np.intp)
+    predicted = probabilities.argmax(axis=1)
+    right = predicted == true_codes
+    width = len(labels)
+
+    def accuracy(rows: NDArray[np.intp]) -> float:
+        return float(right[rows].mean())
+
+    def macro_f1(rows: NDArray[np.intp]) -> float:
+        t, p = true_codes[rows], predicted[rows]
+        hits = np.bincount(t[t == p], minlength=width)
+        seen = np.bincount(t, minlength=width) + np.bincount(p, minlength=width)
+        present = seen > 0
+        return float((2 * hits[present] / seen[present]).mean())
+
+    return {
+        "accuracy": bootstrap_interval(accuracy, n=n, resamples=1000),
+        "macro_f1": bootstrap_interval(macro_f1, n=n, resamples=300),
+    }
 
 
 def worker_name() -> str:
@@ -274,18 +292,6 @@ def _record_run(
     run.old_version, run.new_version = old, new
 
 
-def recent_texts(session: Session, task: Task, *, since: datetime) -> list[str]:
-    """Texts of items submitted since `since` (not imports), newest first, capped."""
-    return list(
-        session.scalars(
-            select(Item.text)
-            .where(Item.task_id == task.id, Item.source != "import", Item.submitted_at >= since)
-            .order_by(Item.id.desc())
-            .limit(RECENT_LIMIT)
-        )
-    )
-
-
 # --- gather ------------------------------------------------------------------------------------
 
 
@@ -302,9 +308,23 @@ class Gathered:
     old_classifier: TextClassifier | None
     old_metrics: dict[str, Any]
     old_refused: str | None  # why the active model's artifact could not be trusted
+    old_trained_at: datetime | None
+    old_rule: AutoRule | None
+    target_precision: float | None
+    live: LivePrecision | None  # spot checks of the automatic answers
     new_labels: LabelCounts
     data: LabelledData
     traffic: list[str]
+
+    @property
+    def precision_alarm(self) -> bool:
+        """Spot checks show the automatic answers below the target (the interval's top too)."""
+        return (
+            self.target_precision is not None
+            and self.live is not None
+            and self.live.n > 0
+            and self.live.high < self.target_precision
+        )
 
 
 def gather(
@@ -330,6 +350,10 @@ def gather(
         old_classifier=old_classifier,
         old_metrics=dict(active.metrics) if active else {},
         old_refused=refused,
+        old_trained_at=active.created_at if active else None,
+        old_rule=AutoRule.of(task, active.metrics) if active else None,
+        target_precision=task.target_precision,
+        live=live_precision(session, task, now=now),
         new_labels=label_counts(session, task, since=active.created_at if active else None),
         data=load_labelled(session, task),
         traffic=recent_texts(
@@ -348,10 +372,11 @@ def should_skip(gathered: Gathered, *, force: bool) -> bool:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The candidate and the active model measured side by side."""
+    """The candidate on its held-out evidence, and paired with the active model."""
 
-    holdout: Holdout
-    compared_on: str  # "holdout", "cross-validated" (stored figures) or "none" (no old model)
+    holdout: Holdout  # new: candidate on every evidence answer; old: active model on `comparison`
+    compared_on: str  # "unseen answers" (paired), "none" (no active model or nothing unseen)
+    comparison: Comparison | None
     recent: RecentTraffic
     movers: Movers
 
@@ -364,14 +389,20 @@ class Decision:
     reason: str
 
 
-def traffic_figures(confidences: NDArray[np.float64], *, threshold: float, days: int) -> Traffic:
+# A paired difference this unlikely under "no difference" counts as the candidate being worse.
+SIGNIFICANCE = 0.05
+
+
+def traffic_figures(
+    confidences: NDArray[np.float64], automatic: NDArray[np.bool_], *, days: int
+) -> Traffic:
     """Mean confidence, share routed automatically, items per day and a histogram.
 
     Without traffic the mean and the share are None: nothing was routed, which is not 0 %.
     """
     n = len(confidences)
     histogram, _ = np.histogram(confidences, bins=_HISTOGRAM_EDGES)
-    auto = float((confidences >= threshold).mean()) if n else None
+    auto = float(automatic.mean()) if n else None
     return Traffic(
         mean_confidence=float(confidences.mean()) if n else None,
         auto_share=auto,
@@ -380,65 +411,145 @@ def traffic_figures(confidences: NDArray[np.float64], *, threshold: float, days:
     )
 
 
-def label_movers(old: dict[str, float], new: dict[str, float], *, limit: int = 3) -> Movers:
-    """Labels whose F1 rose or fell the most between two models."""
-    ordered = sorted(new, key=lambda k: new[k] - old.get(k, 0.0))
+def label_movers(
+    labels: Sequence[str],
+    truth: Sequence[str],
+    old_predicted: Sequence[str],
+    new_predicted: Sequence[str],
+    *,
+    limit: int = 3,
+) -> Movers:
+    """Labels whose F1 changed by more than their support can explain (paired McNemar test).
+
+    Each label is judged on the answers where it is the truth or either model's guess; a move
+    is listed only when the two models differ on those answers with p < SIGNIFICANCE.
+    """
+    truth_a = np.asarray(list(truth), dtype=object)
+    old_a = np.asarray(list(old_predicted), dtype=object)
+    new_a = np.asarray(list(new_predicted), dtype=object)
+    old_f1 = per_label_f1_from(labels, truth_a, old_a)
+    new_f1 = per_label_f1_from(labels, truth_a, new_a)
+    carried = []
+    for label in labels:
+        involved = (truth_a == label) | (old_a == label) | (new_a == label)
+        if not involved.any():
+            continue
+        right_new = (new_a[involved] == label) == (truth_a[involved] == label)
+        right_old = (old_a[involved] == label) == (truth_a[involved] == label)
+        if mcnemar(right_new, right_old).p_value < SIGNIFICANCE:
+            carried.append(label)
+    ordered = sorted(carried, key=lambda k: new_f1[k] - old_f1[k])
 
     def move(label: str) -> LabelMove:
-        return LabelMove(label, old.get(label, 0.0), new[label])
+        return LabelMove(label, old_f1[label], new_f1[label])
 
-    gains = [move(k) for k in reversed(ordered) if new[k] > old.get(k, 0.0)][:limit]
-    losses = [move(k) for k in ordered if new[k] < old.get(k, 0.0)][:limit]
+    gains = [move(k) for k in reversed(ordered) if new_f1[k] > old_f1[k]][:limit]
+    losses = [move(k) for k in ordered if new_f1[k] < old_f1[k]][:limit]
     return Movers(tuple(gains), tuple(losses))
+
+
+def per_label_f1_from(
+    labels: Sequence[str], truth: NDArray[np.object_], predicted: NDArray[np.object_]
+) -> dict[str, float]:
+    """F1 of each label from predicted labels (0 where a label is neither true nor guessed)."""
+    out = {}
+    for label in labels:
+        is_true, guessed = truth == label, predicted == label
+        hits = int((is_true & guessed).sum())
+        seen = int(is_true.sum() + guessed.sum())
+        out[label] = 2 * hits / seen if seen else 0.0
+    return out
+
+
+def _holdout_metrics(metrics: dict[str, float], intervals: dict[str, Interval]) -> HoldoutMetrics:
+    base = HoldoutMetrics.from_json(metrics)
+    accuracy, macro = intervals.get("accuracy"), intervals.get("macro_f1")
+    return replace(
+        base,
+        accuracy_ci=(round(accuracy.low, 4), round(accuracy.high, 4)) if accuracy else None,
+        macro_f1_ci=(round(macro.low, 4), round(macro.high, 4)) if macro else None,
+    )
+
+
+def unseen_rows(
+    candidate: TrainedCandidate, data: LabelledData, *, old_trained_at: datetime | None
+) -> list[int]:
+    """Evidence rows answered after the active model was trained: it never saw them."""
+    if old_trained_at is None:
+        return []
+    return [
+        k
+        for k, row in enumerate(candidate.evidence_rows)
+        if (when := data.resolved_at[row] if row < len(data.resolved_at) else None) is not None
+        and when > old_trained_at
+    ]
 
 
 def evaluate_models(
     candidate: TrainedCandidate,
     old_classifier: TextClassifier | None,
     *,
-    old_metrics: dict[str, Any],
+    data: LabelledData,
+    old_trained_at: datetime | None,
     labels: Sequence[str],
     traffic: Sequence[str],
-    threshold: float,
+    old_route: AutoRule | None,
+    new_route: AutoRule,
     days: int,
 ) -> Evaluation:
-    """Both models on the candidate's holdout and on recent traffic."""
-    new_f1 = per_label_f1(candidate.probabilities, labels, candidate.holdout_truth)
-    old_f1: dict[str, float] = {}
-    if old_classifier is None:
-        old_eval, compared_on = None, "none"
-    elif candidate.evaluation == "holdout":
-        old_probabilities = old_classifier.predict(candidate.holdout_texts).probabilities
-        old_eval = evaluate(old_probabilities, labels, candidate.holdout_truth)
-        old_f1 = per_label_f1(old_probabilities, labels, candidate.holdout_truth)
-        compared_on = "holdout"
-    else:
-        # Without a holdout the old model can only be judged by the figures it was stored with.
-        old_eval = {k: float(v) for k, v in old_metrics.items() if isinstance(v, int | float)}
-        compared_on = "cross-validated"
+    """The candidate on its evidence; both models on unseen answers and on recent traffic."""
+    new_metrics = _holdout_metrics(candidate.metrics, candidate.intervals)
+    comparison, old_metrics, movers = None, None, Movers()
+    compared_on = "none"
+    rows = unseen_rows(candidate, data, old_trained_at=old_trained_at)
+    if old_classifier is not None and rows:
+        truth = [candidate.evidence_truth[k] for k in rows]
+        texts = [data.texts[candidate.evidence_rows[k]] for k in rows]
+        new_predicted = [candidate.fitted.evidence.predicted[k] for k in rows]
+        old_prediction = old_classifier.predict(texts)
+        truth_a = np.asarray(truth, dtype=object)
+        right_new = np.asarray(new_predicted, dtype=object) == truth_a
+        right_old = np.asarray(old_prediction.predicted, dtype=object) == truth_a
+        test = mcnemar(right_new, right_old)
+        difference = paired_bootstrap_difference(right_new, right_old)
+        comparison = Comparison(
+            n=len(rows),
+            new_accuracy=float(right_new.mean()),
+            old_accuracy=float(right_old.mean()),
+            difference=(round(difference.low, 4), round(difference.high, 4)),
+            new_only=test.new_only,
+            old_only=test.old_only,
+            p_value=test.p_value,
+        )
+        old_metrics = HoldoutMetrics.from_json(
+            evaluate(old_prediction.probabilities, labels, truth)
+        )
+        movers = label_movers(labels, truth, old_prediction.predicted, new_predicted)
+        compared_on = "unseen answers"
 
     texts = list(traffic)
+    new_prediction = candidate.classifier.predict(texts) if texts else None
     new_traffic = traffic_figures(
-        candidate.classifier.predict(texts).confidence if texts else np.zeros(0),
-        threshold=threshold,
+        new_prediction.confidence if new_prediction else np.zeros(0),
+        new_route.mask(new_prediction) if new_prediction else np.zeros(0, dtype=bool),
         days=days,
     )
     old_traffic = None
     if old_classifier is not None:
+        old_prediction_t = old_classifier.predict(texts) if texts else None
+        rule = old_route or AutoRule.nothing()
         old_traffic = traffic_figures(
-            old_classifier.predict(texts).confidence if texts else np.zeros(0),
-            threshold=threshold,
+            old_prediction_t.confidence if old_prediction_t else np.zeros(0),
+            rule.mask(old_prediction_t) if old_prediction_t else np.zeros(0, dtype=bool),
             days=days,
         )
     gain = None
     if old_traffic is not None and old_traffic.mean_confidence is not None:
         gain = (new_traffic.mean_confidence or 0.0) - old_traffic.mean_confidence
     return Evaluation(
-        holdout=Holdout(
-            old=HoldoutMetrics.from_json(old_eval) if old_eval is not None else None,
-            new=HoldoutMetrics.from_json(candidate.metrics),
-        ),
+        holdout=Holdout(old=old_metrics, new=new_metrics),
         compared_on=compared_on,
+        comparison=comparison,
         recent=RecentTraffic(
             items=len(texts),
             items_per_day=len(texts) / days,
@@ -447,29 +558,38 @@ def evaluate_models(
             confidence_gain=gain,
             histogram_edges=tuple(float(x) for x in _HISTOGRAM_EDGES),
         ),
-        movers=label_movers(old_f1, new_f1) if old_f1 else Movers(),
+        movers=movers,
     )
 
 
-def decide(evaluation: Evaluation, *, tolerance: float) -> Decision:
-    """The promotion rule: holdout macro-F1 may fall by at most `tolerance`."""
-    new = evaluation.holdout.new
-    new_macro = (new.macro_f1 if new else None) or 0.0
-    old = evaluation.holdout.old
-    if old is None:
+def decide(evaluation: Evaluation, *, has_old: bool) -> Decision:
+    """The promotion rule: keep the active model only when the candidate is measurably worse.
+
+    Both are judged paired, on answers the active model never trained on (exact McNemar test
+    on the answers only one of them got right).
+    """
+    if not has_old:
         return Decision(True, "first model of the task")
-    old_macro = old.macro_f1 or 0.0
-    where = evaluation.compared_on
-    if new_macro >= old_macro - tolerance:
+    c = evaluation.comparison
+    if c is None or c.n == 0:
         return Decision(
             True,
-            f"{where} macro-F1 {new_macro:.3f} vs {old_macro:.3f} (tolerance {tolerance:g})",
+            "no answer is new to the active model, so they cannot be compared fairly; "
+            "the candidate learned from every answer",
         )
-    return Decision(
-        False,
-        f"{where} macro-F1 would fall from {old_macro:.3f} to {new_macro:.3f}, "
-        f"more than the tolerance {tolerance:g}",
+    figures = (
+        f"on {c.n} answers the active model never saw: accuracy "
+        f"{c.old_accuracy or 0:.1%} → {c.new_accuracy or 0:.1%}"
+        + (
+            f" (difference {c.difference[0]:+.1%} to {c.difference[1]:+.1%})"
+            if c.difference
+            else ""
+        )
+        + f", {c.new_only} vs {c.old_only} answers only one got right, p = {c.p_value:.2g}"
     )
+    if c.old_only > c.new_only and c.p_value < SIGNIFICANCE:
+        return Decision(False, f"the candidate is worse {figures}")
+    return Decision(True, f"no worse {figures}")
 
 
 def headline(decision: Decision, *, old_version: int | None, version: int) -> str:
@@ -490,6 +610,8 @@ def candidate_report(
     version: int,
     queue_resolved: int,
     finished_at: datetime,
+    threshold: float | None,
+    choice: ThresholdFigures | None,
 ) -> RetrainReport:
     """The report of a run that trained and measured a candidate stored as `version`."""
     return replace(
@@ -504,6 +626,9 @@ def candidate_report(
         holdout=evaluation.holdout,
         recent=evaluation.recent,
         movers=evaluation.movers,
+        comparison=evaluation.comparison,
+        threshold=threshold,
+        threshold_choice=choice,
         promoted=decision.promote,
         reason=decision.reason,
         queue_resolved=queue_resolved,
@@ -524,6 +649,7 @@ def save_candidate(
     now: datetime,
 ) -> ModelVersion:
     """Store the candidate as the task's next version: active if promoted, else rejected."""
+    evidence = candidate.fitted.evidence
     return store_model(
         session,
         task,
@@ -536,6 +662,11 @@ def save_candidate(
             "evaluation": candidate.evaluation,
             "holdout_size": candidate.holdout_size,
             "trained_at": now.isoformat(),
+            "auto_labels": list(candidate.fitted.auto_labels),
+            # Out-of-fold evidence per confidence bin: what `--preview` estimates precision from.
+            "calibration": calibration_counts(
+                evidence.confidences[evidence.eligible], evidence.correct[evidence.eligible]
+            ),
         },
     )
 
@@ -548,6 +679,7 @@ def _rescore_queue(
     task: Task,
     classifier: TextClassifier,
     *,
+    rule: AutoRule,
     model_id: int,
     version: int,
     now: datetime,
@@ -561,7 +693,7 @@ def _rescore_queue(
     if not open_items:
         return 0, []
     prediction = classifier.predict([row.text for row in open_items])
-    sure = [int(i) for i in np.flatnonzero(prediction.confidence >= task.threshold)]
+    sure = [int(i) for i in np.flatnonzero(rule.mask(prediction))]
     if not len(sure):
         return 0, []
     resolved_ids = [int(open_items[i].id) for i in sure]
@@ -684,6 +816,8 @@ def _run(
         window_days=settings.report_window_days,
         new_labels=gathered.new_labels,
         started_at=now,
+        target_precision=gathered.target_precision,
+        auto_precision=gathered.live,
     )
     if should_skip(gathered, force=force):
         report = replace(
@@ -704,8 +838,7 @@ def _run(
             gathered.data,
             labels=gathered.labels,
             featurizer=gathered.featurizer,
-            min_per_label=settings.min_answers_per_label,
-            holdout_share=settings.holdout_share,
+            min_to_automate=settings.min_answers_per_label,
         )
     except TrainingError as exc:
         if gathered.old_classifier is not None:
@@ -718,16 +851,28 @@ def _run(
         return RetrainResult(name, COLD, None, None, run_id, gathered.channel, report)
 
     progress("evaluating")
+    choice, raised_to = None, None
+    new_rule = AutoRule(gathered.threshold, frozenset(candidate.fitted.auto_labels))
+    if gathered.target_precision is not None:
+        choice = candidate.fitted.choose(gathered.target_precision)
+        threshold = choice.threshold
+        if threshold is not None and gathered.precision_alarm:
+            # Spot checks refuted the promise: never stay as low as the threshold they judged.
+            raised_to = max(threshold, raised_threshold(gathered.threshold))
+            threshold = raised_to
+        new_rule = new_rule.with_threshold(threshold)
     evaluation = evaluate_models(
         candidate,
         gathered.old_classifier,
-        old_metrics=gathered.old_metrics,
+        data=gathered.data,
+        old_trained_at=gathered.old_trained_at,
         labels=gathered.labels,
         traffic=gathered.traffic,
-        threshold=gathered.threshold,
+        old_route=gathered.old_rule,
+        new_route=new_rule,
         days=settings.report_window_days,
     )
-    decision = decide(evaluation, tolerance=settings.promotion_tolerance)
+    decision = decide(evaluation, has_old=gathered.old_version is not None)
     if gathered.old_refused is not None:
         decision = Decision(
             True,
@@ -743,11 +888,22 @@ def _run(
         )
         version, model_id = row.version, row.id
         resolved, updates = 0, list[MessageToUpdate]()
+        figures = None
+        if decision.promote and choice is not None:
+            apply_choice(task, choice, now=now, raised_to=raised_to)
+            figures = ThresholdFigures.from_json(task.threshold_evidence or {})
         if decision.promote:
             progress("re-scoring")
             resolved, updates = _rescore_queue(
-                session, task, candidate.classifier, model_id=model_id, version=version, now=now
+                session,
+                task,
+                candidate.classifier,
+                rule=new_rule,
+                model_id=model_id,
+                version=version,
+                now=now,
             )
+        prune_models(session, task, keep=settings.keep_models, now=now)
         report = candidate_report(
             base,
             candidate,
@@ -756,6 +912,8 @@ def _run(
             version=version,
             queue_resolved=resolved,
             finished_at=utcnow(),
+            threshold=effective_threshold(task),
+            choice=figures,
         )
         # One transaction: the model, the queue it resolved and the run's report land together.
         _record_run(session, run_id, report, old=old_version, new=version)

@@ -1,5 +1,6 @@
 """The per-task text classifier: a featurizer and a calibrated linear model in one Pipeline."""
 
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,7 +97,11 @@ def build_pipeline(
 
 def _fit(estimator: Pipeline, texts: list[str], labels: list[str]) -> None:
     try:
-        estimator.fit(texts, labels)
+        with warnings.catch_warnings():
+            # Young tasks have many labels and few answers each: that is a classification
+            # problem all the same, not the regression target scikit-learn suspects.
+            warnings.filterwarnings("ignore", message="The number of unique classes is greater")
+            estimator.fit(texts, labels)
     except ValueError as exc:  # e.g. an empty vocabulary: texts with no word characters at all
         raise TrainingError(f"cannot learn from these texts: {exc}") from exc
 
@@ -108,9 +113,14 @@ def train(
     labels: Sequence[str],
     featurizer: str = DEFAULT_FEATURIZER,
     min_per_label: int = 3,
+    require_every_label: bool = True,
     random_state: int = 0,
 ) -> TextClassifier:
-    """Fit a calibrated classifier on `texts` labelled `train_labels` within label set `labels`."""
+    """Fit a calibrated classifier on `texts` labelled `train_labels` within label set `labels`.
+
+    With `require_every_label` False, labels without answers are allowed (the model gives them
+    probability 0); the labels that do appear still need `min_per_label` answers each.
+    """
     if len(texts) != len(train_labels):
         raise TrainingError("texts and labels differ in length")
     if min_per_label < 2:
@@ -118,7 +128,8 @@ def train(
     unknown = sorted(set(train_labels) - set(labels))
     if unknown:
         raise TrainingError(f"labels outside the label set: {unknown}")
-    short = minimum_count_missing(labels, train_labels, min_per_label=min_per_label)
+    present = labels if require_every_label else sorted(set(train_labels))
+    short = minimum_count_missing(present, train_labels, min_per_label=min_per_label)
     if short:
         shown = ", ".join(f"{label!r}: {count}" for label, count in list(short.items())[:10])
         raise TrainingError(

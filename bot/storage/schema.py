@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
@@ -87,6 +88,21 @@ class Task(Base):
     team_id: Mapped[str | None] = mapped_column(String(32), index=True)
     threshold: Mapped[float] = mapped_column(Float)
     featurizer: Mapped[str] = mapped_column(String(40), default="tfidf")
+    # Precision mode: the threshold is chosen at each retrain so that automatic answers reach
+    # this precision with high confidence; None means the threshold is set by hand.
+    target_precision: Mapped[float | None] = mapped_column(Float)
+    # The lower confidence bound behind the chosen threshold; None while the evidence cannot
+    # support the target (then nothing is automated).
+    precision_lower_bound: Mapped[float | None] = mapped_column(Float)
+    threshold_evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # When the current threshold took effect: spot checks since then measure it.
+    threshold_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Share of automatic answers also posted for a person to check, without the model's guess.
+    spot_check_rate: Mapped[float] = mapped_column(Float, default=0.02, server_default="0.02")
+    # Agreeing answers needed before a person's label is final.
+    votes_required: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # When the channel was told that spot checks show precision below the target.
+    precision_alert_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp] = mapped_column(onupdate=utcnow)
 
@@ -117,6 +133,12 @@ class Item(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Who sent it from Slack ("Send to hitl"): told when a reviewer answers.
     requested_by: Mapped[str | None] = mapped_column(String(64))
+    # Resolved automatically and also posted for a person to check (without the model's guess).
+    spot_check: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Agreeing answers this item needs, when more than its task's (a second opinion).
+    votes_required: Mapped[int | None] = mapped_column(Integer)
+    # When the reviewers' disagreement was sent to the admins.
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     task: Mapped[Task] = relationship()
 
@@ -141,6 +163,8 @@ class ModelVersion(Base):
     artifact_meta: Mapped[dict[str, Any]]
     artifact_sha256: Mapped[str] = mapped_column(String(64))
     artifact: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    # A pinned version keeps its artifact when old versions are pruned.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     def __repr__(self) -> str:
         return f"ModelVersion(task_id={self.task_id!r}, version={self.version!r}, {self.status})"

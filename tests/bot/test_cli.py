@@ -85,7 +85,9 @@ def test_full_workflow_on_banking77(hitl, banking_files, tmp_path: Path) -> None
     code, out, _ = hitl("retrain", "bank", "--json")
     retrained = json.loads(out)
     assert (
-        code == 0 and retrained["version"] == 1 and retrained["report"]["evaluation"] == "holdout"
+        code == 0
+        and retrained["version"] == 1
+        and retrained["report"]["evaluation"] == "cross-fitted (5 folds)"
     )
     assert retrained["report"]["holdout"]["new"]["accuracy"] > 0.8
     code, out, _ = hitl("submit", "bank", banking_files["items"], "--json")

@@ -107,7 +107,7 @@ def test_retrain_then_submit_routes_by_threshold(services: Services) -> None:
     make_task(services, threshold=0.6)
     import_tiny(services)
     result = retrain(services)
-    assert result.version == 1 and result.report.evaluation == "cross-validation"
+    assert result.version == 1 and result.report.evaluation == "cross-fitted (3 folds)"
     assert result.report.new_accuracy == pytest.approx(0.4)  # 3-fold CV of TINY: 4 of 10 right
     texts = ["wonderful lovely kind staff", "the worst dirty rude awful meal", "it was a day"]
     with services.sessions.begin() as session:
