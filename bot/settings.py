@@ -24,14 +24,13 @@ class Settings(BaseSettings):
     reviewers: str = ""
     api_token: SecretStr | None = None
     max_text_chars: int = Field(10_000, ge=1)
+    # Answers a label needs before its predictions may be answered automatically.
     min_answers_per_label: int = Field(3, ge=3)
-    holdout_share: float = Field(0.2, ge=0.0, lt=1.0)
     host: str = "0.0.0.0"
     port: int = 3000
     retrain_cron: str = "0 2 * * *"
     timezone: str = "UTC"
     report_window_days: int = Field(7, ge=1)
-    promotion_tolerance: float = Field(0.005, ge=0.0)
     report_skips: bool = True
     # Each retrain stores a model artifact (megabytes for a large label set); pruning keeps
     # this many of the newest ever-active ones, plus the active and pinned versions.

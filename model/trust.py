@@ -106,38 +106,48 @@ def choose_threshold(
 ) -> ThresholdChoice:
     """The lowest threshold whose precision reaches `target` with confidence 1 - delta.
 
-    Candidate thresholds are spaced `step` items apart (by default a fiftieth of the evidence,
-    and never under a quarter of the minimum): fewer tests, fewer chances for one unlucky dip
-    to stop the walk early.
+    A walk that starts among the few most confident answers stops at the first of them that is
+    wrong; so with enough evidence up to three walks start deeper (at m, 4m and 16m answers,
+    m the fewest that can reach the target), each at delta / 3 (a union bound keeps the whole
+    at delta), and the lowest threshold any of them accepts is kept. Candidate thresholds are
+    spaced `step` answers apart (by default a fiftieth of the evidence).
     """
-    needed = minimum_evidence(target, delta=delta)
     mask = np.ones(len(confidences), dtype=bool) if eligible is None else eligible
     conf = np.asarray(confidences, dtype=np.float64)[mask]
     right = np.asarray(correct, dtype=bool)[mask]
     order = np.argsort(-conf, kind="stable")
     conf, right = conf[order], right[order]
     n = len(conf)
-    none = ThresholdChoice(target, delta, None, None, 0, 0, n, needed)
+    walks, each = 1, delta
+    for count in (3, 2):
+        needed = minimum_evidence(target, delta=delta / count)
+        if needed * 4 ** (count - 1) <= n:
+            walks, each = count, delta / count
+            break
+    needed = minimum_evidence(target, delta=each)
+    none = ThresholdChoice(
+        target, delta, None, None, 0, 0, n, minimum_evidence(target, delta=delta)
+    )
     if n < needed:
         return none
     hits = np.cumsum(right)
     # Candidate cuts end tie groups: a threshold takes every item with that confidence or more.
     ends = np.flatnonzero(np.append(conf[1:] < conf[:-1], True))
-    ends = ends[ends + 1 >= needed]
     spacing = step if step is not None else max(1, n // 50, needed // 4)
-    spaced: list[int] = []
-    last = -spacing
-    for end in ends.tolist():
-        if end - last >= spacing or end == ends[-1]:
-            spaced.append(end)
-            last = end
     best: ThresholdChoice = none
-    for end in spaced:
-        total, k = int(end) + 1, int(hits[end])
-        bound = precision_lower_bound(k, total, delta=delta)
-        if bound < target:
-            break
-        best = ThresholdChoice(target, delta, float(conf[end]), bound, total, k, n, needed)
+    for walk in range(walks):
+        start = needed * 4**walk
+        last = -spacing
+        for end in ends[ends + 1 >= start].tolist():
+            if end - last < spacing and end != ends[-1]:
+                continue
+            last = end
+            total, k = end + 1, int(hits[end])
+            bound = precision_lower_bound(k, total, delta=each)
+            if bound < target:
+                break
+            if best.threshold is None or total > best.automated:
+                best = ThresholdChoice(target, delta, float(conf[end]), bound, total, k, n, needed)
     return best
 
 
