@@ -652,7 +652,11 @@ def submit_command(
                     now=now,
                 )
                 advance(len(chunk))
-        threshold = task.threshold
+        state = threshold_state(task)
+    if state["automating"]:
+        rule = f"threshold {state['threshold']:g}"
+    else:
+        rule = f"target precision {state['target_precision']:.1%}: nothing automated yet"
     if as_json:
         for result in results:
             echo_json(result.as_dict())
@@ -662,7 +666,7 @@ def submit_command(
     version = next((r.model_version for r in results if r.model_version), None)
     model = f"model v{version}" if version else "no model yet: every item goes to review"
     typer.echo(
-        f"submitted {len(results)} items to {name!r} ({model}, threshold {threshold:g}): "
+        f"submitted {len(results)} items to {name!r} ({model}, {rule}): "
         f"{auto} auto ({auto / len(results):.0%}), {len(results) - auto} review"
         + (f"; {duplicates} already known" if duplicates else "")
     )

@@ -133,7 +133,14 @@ def deciding_answer(item: Item, history: Sequence[AnswerRecord]) -> AnswerRecord
     """The answer that gave a person-labelled item its final label (see `decide_final`)."""
     if item.final_source != LabelSource.PERSON:
         return None
-    return decide_final([a for a in history if a.current])
+    current = [a for a in history if a.current]
+    decided = decide_final(current)
+    if decided is not None and decided.label == item.final_label:
+        return decided
+    # Votes, an admin's decision or an import decided otherwise: the latest answer giving the
+    # final label is the one that settled it.
+    giving = [a for a in current if a.kind == AnswerKind.LABEL and a.label == item.final_label]
+    return giving[-1] if giving else None
 
 
 def item_status(item: Item) -> str:

@@ -40,9 +40,17 @@ from bot.report import (
 )
 from bot.routing import AutoRule, effective_threshold
 from bot.settings import Settings
-from bot.states import LabelSource, ModelStatus, Route, RunStatus
+from bot.states import AnswerKind, LabelSource, ModelStatus, Route, RunStatus
 from bot.storage.bulk import insert_rows
-from bot.storage.schema import Item, ModelVersion, Prediction, RetrainRun, Task, utcnow
+from bot.storage.schema import (
+    Answer,
+    Item,
+    ModelVersion,
+    Prediction,
+    RetrainRun,
+    Task,
+    utcnow,
+)
 from bot.tasks import get_task
 from bot.trust import apply_choice, live_precision, raised_threshold
 from model import ArtifactError, TextClassifier, TrainingError
@@ -685,9 +693,22 @@ def _rescore_queue(
     now: datetime,
 ) -> tuple[int, list[MessageToUpdate]]:
     """Resolve open review items the new model is now sure about; returns messages to update."""
+    # Items a person already answered (waiting for a second opinion or an admin) stay theirs.
+    answered = (
+        select(Answer.id)
+        .where(
+            Answer.item_id == Item.id,
+            Answer.is_current.is_(True),
+            Answer.kind == AnswerKind.LABEL,
+        )
+        .exists()
+    )
     open_items = session.execute(
         select(Item.id, Item.text).where(
-            Item.task_id == task.id, Item.route == Route.REVIEW, Item.final_source.is_(None)
+            Item.task_id == task.id,
+            Item.route == Route.REVIEW,
+            Item.final_source.is_(None),
+            ~answered,
         )
     ).all()
     if not open_items:
@@ -716,7 +737,7 @@ def _rescore_queue(
     for i in sure:
         session.execute(
             update(Item)
-            .where(Item.id == int(open_items[i].id), Item.final_source.is_(None))
+            .where(Item.id == int(open_items[i].id), Item.final_source.is_(None), ~answered)
             .values(
                 final_label=prediction.predicted[i], final_source=LabelSource.MODEL, resolved_at=now
             )

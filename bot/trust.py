@@ -21,8 +21,8 @@ from bot.queries import recent_texts
 from bot.registry import ModelRegistry, active_version
 from bot.report import LivePrecision
 from bot.routing import AutoRule, effective_threshold
-from bot.states import LabelSource
-from bot.storage.schema import AuditLog, Item, Prediction, Task, utcnow
+from bot.states import IMPORT_USER, AnswerKind, LabelSource
+from bot.storage.schema import Answer, AuditLog, Item, Prediction, Task, utcnow
 from bot.tasks import parse_threshold
 from model.intervals import clopper_pearson
 from model.trust import CALIBRATION_BINS, ThresholdChoice, choose_threshold, precision_above
@@ -140,7 +140,12 @@ def apply_choice(
         evidence["raised_by_spot_checks"] = True
         evidence["threshold"] = raised_to
     task.threshold_evidence = evidence
-    if effective_threshold(task) != before or task.threshold_since is None:
+    after = effective_threshold(task)
+    # Spot checks at a higher threshold than today's would miss the newly automated range, and
+    # those that raised it judged answers no longer automated: both start afresh. A threshold
+    # that merely rises keeps them (they then err on the pessimistic side).
+    lowered = after is not None and (before is None or after < before)
+    if lowered or raised_to is not None or task.threshold_since is None:
         task.threshold_since = now
     task.precision_alert_at = None
 
@@ -258,16 +263,18 @@ def preview(
 
 
 def live_precision(session: Session, task: Task, *, now: datetime | None = None) -> LivePrecision:
-    """Precision of the automatic answers, from spot checks since the threshold took effect."""
+    """Precision of the automatic answers, from spot checks since the threshold took effect.
+
+    A spot check counts once a person answered it: right when the decided label is the model's
+    or, while a second opinion is pending, when every answer so far agrees with the model. A
+    correction waiting for its second opinion counts as wrong, so waiting never flatters.
+    """
     now = now or utcnow()
     since = now - SPOT_CHECK_WINDOW
     if task.threshold_since is not None and task.threshold_since > since:
         since = task.threshold_since
     checked = select(Item.id).where(
-        Item.task_id == task.id,
-        Item.spot_check.is_(True),
-        Item.final_source == LabelSource.PERSON,
-        Item.submitted_at >= since,
+        Item.task_id == task.id, Item.spot_check.is_(True), Item.submitted_at >= since
     )
     first = (
         select(Prediction.item_id, func.min(Prediction.id).label("first_id"))
@@ -276,12 +283,24 @@ def live_precision(session: Session, task: Task, *, now: datetime | None = None)
         .subquery()
     )
     rows = session.execute(
-        select(Item.final_label, Prediction.label)
+        select(Item.id, Item.final_label, Item.final_source, Prediction.label, Answer.label)
         .join(first, first.c.item_id == Item.id)
         .join(Prediction, Prediction.id == first.c.first_id)
+        .join(Answer, Answer.item_id == Item.id)
+        .where(
+            Answer.is_current.is_(True),
+            Answer.kind == AnswerKind.LABEL,
+            Answer.user_id != IMPORT_USER,
+        )
     ).all()
-    right = sum(1 for final, guessed in rows if final == guessed)
-    interval = clopper_pearson(right, len(rows))
+    verdicts: dict[int, bool] = {}
+    for item_id, final, source, guessed, answered in rows:
+        if source == LabelSource.PERSON:
+            verdicts[item_id] = final == guessed
+        else:
+            verdicts[item_id] = verdicts.get(item_id, True) and answered == guessed
+    right = sum(verdicts.values())
+    interval = clopper_pearson(right, len(verdicts))
     return LivePrecision(interval.estimate, interval.low, interval.high, interval.n)
 
 
