@@ -1,20 +1,29 @@
-"""The review rules a click obeys: who may answer, first answer wins, own answers may change."""
+"""The review rules a click obeys: who may answer, first answer wins, own answers may change.
 
+"First answer wins" when a task (or an item, for a second opinion) needs one vote; with more,
+an item resolves once that many people agree, and disagreements go to the admins.
+"""
+
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.answers import current_answers, get_item, record_answer
+from bot.answers import current_answers, get_item, record_answer, votes_needed
 from bot.queries import decide_final, latest_prediction
 from bot.states import AnswerKind, LabelSource
-from bot.storage.schema import Item, ReviewPrompt, utcnow
+from bot.storage.schema import Answer, Item, ReviewPrompt, utcnow
 
-STORED = "stored"
+STORED = "stored"  # the answer was stored and decides the item
+NEEDS_MORE = "needs_more"  # stored, but the item waits for more agreeing answers (or an admin)
 UNCHANGED = "unchanged"
 ALREADY_LABELLED = "already_labelled"
 SKIPPED = "skipped"
+
+# (user, label) of each current label answer, oldest first.
+Votes = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,10 @@ class ClickOutcome:
     label: str | None = None
     by_user: str | None = None
     at: datetime | None = None
+    votes_needed: int = 1
+    answers: Votes = ()  # the item's current label answers after this click
+    escalated: bool = False  # reviewers disagree: the admins were just asked to decide
+    second_opinion: bool = False  # the answer contradicts a very sure model: one more is asked
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,10 @@ class ItemView:
     channel: str | None  # the channel of its prompt; None when it never had one
     message_ts: str | None
     requested_by: str | None = None
+    spot_check: bool = False  # an automatic answer shown to a person to check, without the guess
+    votes_needed: int = 1  # agreeing answers that resolve it
+    answers_so_far: Votes = ()  # current label answers, oldest first
+    escalated: bool = False  # reviewers disagreed and the admins were asked to decide
 
 
 def item_view(session: Session, item_id: int) -> ItemView:
@@ -61,7 +78,8 @@ def item_view(session: Session, item_id: int) -> ItemView:
         probabilities = prediction.probabilities
         order = sorted(range(len(probabilities)), key=lambda j: -probabilities[j])
         ranked = tuple(task.labels[j] for j in order if j < len(task.labels))
-    decided = decide_final(current_answers(session, item.id))
+    answers = current_answers(session, item.id)
+    decided = deciding_answer(item, answers)
     prompt = session.scalar(select(ReviewPrompt).where(ReviewPrompt.item_id == item.id))
     return ItemView(
         item_id=item.id,
@@ -75,17 +93,39 @@ def item_view(session: Session, item_id: int) -> ItemView:
         model_version=version,
         final_label=item.final_label,
         final_source=item.final_source,
-        answered_by=decided.user_id
-        if decided and item.final_source == LabelSource.PERSON
-        else None,
-        answered_at=decided.created_at
-        if decided and item.final_source == LabelSource.PERSON
-        else None,
+        answered_by=decided.user_id if decided else None,
+        answered_at=decided.created_at if decided else None,
         resolved_at=item.resolved_at,
         channel=prompt.channel if prompt else None,
         message_ts=prompt.message_ts if prompt else None,
         requested_by=item.requested_by,
+        spot_check=bool(item.spot_check),
+        votes_needed=votes_needed(item),
+        answers_so_far=_votes(answers),
+        escalated=item.escalated_at is not None,
     )
+
+
+def _votes(answers: Sequence[Answer]) -> Votes:
+    return tuple(
+        (a.user_id, a.label) for a in answers if a.kind == AnswerKind.LABEL and a.label is not None
+    )
+
+
+def deciding_answer(item: Item, answers: Sequence[Answer]) -> Answer | None:
+    """The current answer behind a person-given final label; None unless a person decided.
+
+    With one vote needed it is the majority's latest (`decide_final`); with more, or after an
+    admin settled a disagreement, the latest answer that gave the final label.
+    """
+    if item.final_source != LabelSource.PERSON or item.final_label is None:
+        return None
+    if votes_needed(item) <= 1:
+        decided = decide_final(answers)
+        if decided is not None and decided.label == item.final_label:
+            return decided
+    giving = [a for a in answers if a.kind == AnswerKind.LABEL and a.label == item.final_label]
+    return giving[-1] if giving else None
 
 
 def _lock_item(session: Session, item_id: int) -> Item:
@@ -94,28 +134,48 @@ def _lock_item(session: Session, item_id: int) -> Item:
 
 
 def answer_click(
-    session: Session, item_id: int, user_id: str, *, label: str, now: datetime | None = None
+    session: Session,
+    item_id: int,
+    user_id: str,
+    *,
+    label: str,
+    now: datetime | None = None,
+    admins: frozenset[str] = frozenset(),
 ) -> ClickOutcome:
-    """A person chose `label`: the first person's answer resolves the item.
+    """A person chose `label`: the first person's answer resolves the item (or the k-th
+    agreeing one, when the item needs k votes; after an escalation, an admin's).
 
     Someone else's click on a resolved item changes nothing and says who answered; the same
     person clicking again (a retry or a change of mind) is kept as history.
     """
     now = now or utcnow()
     item = _lock_item(session, item_id)
-    decided = decide_final(current_answers(session, item.id))
-    if (
-        item.final_source == LabelSource.PERSON
-        and decided is not None
-        and decided.user_id != user_id
-    ):
+    decided = deciding_answer(item, current_answers(session, item.id))
+    if decided is not None and decided.user_id != user_id:
         return ClickOutcome(
             ALREADY_LABELLED, item.id, decided.label, decided.user_id, decided.created_at
         )
-    outcome = record_answer(session, item, user_id, label=label, kind=AnswerKind.LABEL, now=now)
-    status = STORED if outcome.changed else UNCHANGED
+    outcome = record_answer(
+        session, item, user_id, label=label, kind=AnswerKind.LABEL, now=now, admins=admins
+    )
+    if not outcome.changed:
+        status = UNCHANGED
+    elif item.final_source == LabelSource.PERSON:
+        status = STORED
+    else:
+        status = NEEDS_MORE
     at = now if outcome.changed else (decided.created_at if decided else now)
-    return ClickOutcome(status, item.id, label, user_id, at)
+    return ClickOutcome(
+        status,
+        item.id,
+        label,
+        user_id,
+        at,
+        votes_needed=votes_needed(item),
+        answers=_votes(current_answers(session, item.id)),
+        escalated=outcome.escalated,
+        second_opinion=outcome.second_opinion,
+    )
 
 
 def skip_click(
@@ -123,12 +183,11 @@ def skip_click(
 ) -> ClickOutcome:
     """Record that a person skipped an item; it stays open for others."""
     item = _lock_item(session, item_id)
-    if item.final_source == LabelSource.PERSON:
-        decided = decide_final(current_answers(session, item.id))
-        if decided is not None:
-            return ClickOutcome(
-                ALREADY_LABELLED, item.id, decided.label, decided.user_id, decided.created_at
-            )
+    decided = deciding_answer(item, current_answers(session, item.id))
+    if decided is not None:
+        return ClickOutcome(
+            ALREADY_LABELLED, item.id, decided.label, decided.user_id, decided.created_at
+        )
     record_answer(session, item, user_id, label=None, kind=AnswerKind.SKIP, now=now)
     return ClickOutcome(SKIPPED, item.id)
 
@@ -136,12 +195,8 @@ def skip_click(
 def may_change(session: Session, item_id: int, user_id: str) -> ClickOutcome | None:
     """None when `user_id` may reopen the item's answer, else who holds it."""
     item = get_item(session, item_id)
-    decided = decide_final(current_answers(session, item.id))
-    if (
-        item.final_source == LabelSource.PERSON
-        and decided is not None
-        and decided.user_id != user_id
-    ):
+    decided = deciding_answer(item, current_answers(session, item.id))
+    if decided is not None and decided.user_id != user_id:
         return ClickOutcome(
             ALREADY_LABELLED, item.id, decided.label, decided.user_id, decided.created_at
         )

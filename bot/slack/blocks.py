@@ -27,7 +27,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.report import HoldoutMetrics, RecentTraffic, RetrainReport, Traffic, report_lines
+from bot.report import (
+    Comparison,
+    HoldoutMetrics,
+    LivePrecision,
+    RecentTraffic,
+    RetrainReport,
+    ThresholdFigures,
+    Traffic,
+    report_lines,
+)
 from bot.slack import ids
 from bot.states import RunStatus
 
@@ -62,7 +71,8 @@ class PromptInput:
     """What a review message shows about one item.
 
     `labels` is the task's full ordered label set; `ranked_labels` the same labels ordered by
-    model probability, best first (empty when the task has no model yet).
+    model probability, best first (empty when the task has no model yet). A spot check shows
+    none of the model's answer: no guess, no confidence, buttons in the task's label order.
     """
 
     task_name: str
@@ -74,6 +84,10 @@ class PromptInput:
     guess: str | None
     confidence: float | None
     model_version: int | None
+    spot_check: bool = False
+    votes_needed: int = 1  # agreeing answers that resolve the item
+    answers_so_far: int = 0  # label answers given so far (who chose what is not shown)
+    escalated: bool = False  # reviewers disagreed; an admin's answer decides
 
 
 @dataclass(frozen=True)
@@ -83,9 +97,10 @@ class TaskSummary:
     name: str
     labels_count: int
     channel: str | None
-    threshold: float
+    threshold: float | None  # None: a target precision the evidence cannot support yet
     active_model_version: int | None
     queue_length: int
+    target_precision: float | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +108,7 @@ class StatsView:
     """A task's figures as `/hitl stats` and the App Home show them."""
 
     task_name: str
-    threshold: float
+    threshold: float | None  # None: nothing is automated yet (see target_precision)
     items_today: int
     items_7d: int
     auto_share_7d: float | None
@@ -112,6 +127,59 @@ class StatsView:
     posting_since: datetime | None = None
     posting_hint: str | None = None
     prompts_failed: int = 0  # refused by Slack as malformed
+    # Trust: the target precision (None: threshold set by hand), the lower bound behind the
+    # chosen threshold, whether anything is automated and why, the spot checks' measure of
+    # the automatic answers, how many agreeing answers resolve an item.
+    target_precision: float | None = None
+    precision_lower_bound: float | None = None
+    automating: bool = True
+    threshold_reason: str | None = None
+    auto_precision: LivePrecision | None = None
+    spot_check_rate: float = 0.0
+    votes_required: int = 1
+    precision_alarm: bool = False  # spot checks put the automatic answers below the target
+
+
+@dataclass(frozen=True)
+class PreviewView:
+    """What a threshold would do to recent traffic (`/hitl threshold … preview`)."""
+
+    task_name: str
+    threshold: float
+    current_threshold: float | None  # None: nothing is automated now
+    model_version: int
+    items: int
+    days: int
+    review_share: float | None  # None: no items in the window
+    review_per_day: float
+    auto_per_day: float
+    auto_precision: LivePrecision  # expected, from held-out answers above the threshold
+
+
+@dataclass(frozen=True)
+class ReviewerLine:
+    """One reviewer's figures (`/hitl stats reviewers`)."""
+
+    user: str
+    answers: int
+    skips: int
+    resolved: int  # label answers on items people decided
+    agreed_final: int  # of those, how many gave the final label
+    agree_final_interval: tuple[float, float] | None
+    spot_checks: int
+    confirmed_model: int  # spot checks where they gave the model's label
+
+
+@dataclass(frozen=True)
+class ReviewersView:
+    """Every reviewer of a task and the team's agreement."""
+
+    task_name: str
+    reviewers: tuple[ReviewerLine, ...]
+    agreement_measure: str | None  # "cohen_kappa", "krippendorff_alpha", or None
+    agreement_value: float | None
+    agreement_items: int
+    agreement_raters: int
 
 
 # --- text helpers -----------------------------------------------------------------------------
@@ -236,6 +304,24 @@ def _percent(share: float) -> str:
     return f"{share * 100:.0f} %"
 
 
+def _precise(share: float) -> str:
+    """`95 %`, `97.5 %`: one decimal where it says something (targets, precisions, rates)."""
+    return f"{share * 100:.1f}".removesuffix(".0") + " %"
+
+
+def _with_interval(estimate: float | None, low: float, high: float) -> str:
+    """`92 % [85-96 %]`: an estimate with its 95 % interval."""
+    shown = _precise(estimate) if estimate is not None else "n/a"
+    return f"{shown} [{_precise(low).removesuffix(' %')}-{_precise(high)}]"
+
+
+def _live_line(live: LivePrecision | None, *, unit: str = "spot checks") -> str:
+    """`92 % [85-96 %] right on 60 spot checks`, or that none were answered yet."""
+    if live is None or live.n == 0 or live.estimate is None:
+        return f"no {unit} answered yet"
+    return f"{_with_interval(live.estimate, live.low, live.high)} right on {live.n:,} {unit}"
+
+
 def _confidence(confidence: float) -> str:
     # Floored, so an item below a 100 % threshold never shows as "100 %"; the epsilon keeps
     # 0.29 (stored as 0.28999…) at 29.
@@ -300,6 +386,11 @@ def review_prompt(p: PromptInput) -> Message:
     `external_select` (a round trip to us per keystroke and one more listener that must answer
     within 3 seconds). A task has at most 1000 labels: 5 buttons, 10 menus and Skip, 16
     elements in one actions block of the 25 allowed. Values carry label indexes, never labels.
+
+    A spot check (`p.spot_check`) asks the same question without any of the model's answer:
+    no guess, no confidence, the first five labels of the task's order as buttons, so the
+    person's label measures the automatic answer instead of echoing it. When an item needs
+    several agreeing answers the prompt says how many it has, never who chose what.
     """
     return _prompt(p, note=None)
 
@@ -321,11 +412,28 @@ def change_prompt(
 
 def _prompt(p: PromptInput, *, note: Block | None) -> Message:
     blocks: list[Block] = [] if note is None else [note]
-    blocks.append(_context(_mrkdwn(f":mag: *Review needed* · {_task(p.task_name)}")))
+    kind = "Spot check" if p.spot_check else "Review needed"
+    blocks.append(_context(_mrkdwn(f":mag: *{kind}* · {_task(p.task_name)}")))
     blocks.append(_item_text(p.text))
-    blocks.append(_context(_plain(_guess_line(p), literal=True), _item_ref(p)))
+    details = [_plain(_guess_line(p), literal=True), _item_ref(p)]
+    votes = _votes_line(p)
+    if votes is not None:
+        details.append(_plain(votes))
+    blocks.append(_context(*details))
     blocks.extend(_label_actions(p, room=MAX_MESSAGE_BLOCKS - len(blocks)))
     return {"text": _review_fallback(p), "blocks": blocks}
+
+
+def _votes_line(p: PromptInput) -> str | None:
+    """How far the item is from resolving, when it needs more than one answer."""
+    if p.escalated:
+        return (
+            f"Reviewers disagree ({p.answers_so_far:,} answers): an admin's answer decides, "
+            f"or {p.votes_needed:,} matching answers."
+        )
+    if p.votes_needed <= 1:
+        return None
+    return f"{p.answers_so_far:,} of {p.votes_needed:,} agreeing answers so far."
 
 
 def _item_text(text: str) -> Block:
@@ -340,6 +448,11 @@ def _item_ref(p: PromptInput) -> Block:
 
 
 def _guess_line(p: PromptInput) -> str:
+    if p.spot_check:
+        return (
+            "Spot check of an automatic answer: pick the label you think is right. "
+            "The model's answer is hidden so that it cannot sway you."
+        )
     if p.guess is None:
         return "No model yet: the buttons follow the task's label order."
     line = f"Model's guess: {_fit(p.guess, 200)}"
@@ -354,7 +467,8 @@ def _review_fallback(p: PromptInput) -> str:
     snippet = " ".join(p.text.split())
     if len(snippet) > _FALLBACK_SNIPPET:
         snippet = snippet[:_FALLBACK_SNIPPET].rstrip() + _ELLIPSIS
-    return f"Review needed in {_task(p.task_name)}: {escape(snippet)}"
+    kind = "Spot check" if p.spot_check else "Review needed"
+    return f"{kind} in {_task(p.task_name)}: {escape(snippet)}"
 
 
 def _button_labels(p: PromptInput) -> list[int]:
@@ -363,6 +477,8 @@ def _button_labels(p: PromptInput) -> list[int]:
     for position, label in enumerate(p.labels):
         index.setdefault(label, position)
     preferred: tuple[str, ...] = p.ranked_labels or ((p.guess,) if p.guess else ())
+    if p.spot_check:  # the order would give the model's answer away
+        preferred = ()
     chosen: list[int] = []
     for label in (*preferred, *p.labels):
         found = index.get(label)
@@ -425,8 +541,12 @@ def answered_prompt(
     user_id: str,
     answered_at: datetime,
     by_model: bool = False,
+    agreed_by: Sequence[str] = (),
 ) -> Message:
-    """The message of a decided item: the label, who and when, and a Change/Override button."""
+    """The message of a decided item: the label, who and when, and a Change/Override button.
+
+    `agreed_by` are the other people whose answers gave the same label (several votes).
+    """
     when = _slack_date(answered_at)
     shown_label = _fit(label, 200)
     if by_model:
@@ -438,7 +558,9 @@ def answered_prompt(
         by = f"resolved by {_model_name(p.model_version)}{at}"
     else:
         head = f":white_check_mark: *Answered* · {_task(p.task_name)}"
-        who = f"by {mention(user_id)} · {when}"
+        agreeing = [mention(other) for other in agreed_by[:MAX_FIELDS] if other != user_id]
+        also = f" and {', '.join(agreeing)}" if agreeing else ""
+        who = f"by {mention(user_id)}{also} · {when}"
         button = _button("Change", ids.ACTION_CHANGE, ids.encode_item(p.item_id))
         context = _context(_plain(_verdict(p, label), literal=True), _item_ref(p))
         by = f"answered by {mention(user_id)}"
@@ -473,19 +595,47 @@ def ephemeral_text(text: str) -> Message:
 def help_blocks() -> Message:
     """`/hitl help`: every subcommand with its usage."""
     command = ids.SLASH_COMMAND
-    usage = {
-        ids.CMD_TASKS: ("", "every task: labels, channel, threshold, model, queue"),
-        ids.CMD_STATS: (" [task]", "traffic, answers and model quality of a task"),
-        ids.CMD_THRESHOLD: (
+    usage = [
+        (ids.CMD_TASKS, "", "every task: labels, channel, threshold, model, queue"),
+        (ids.CMD_STATS, " [task]", "traffic, answers, model quality and spot checks of a task"),
+        (
+            ids.CMD_STATS,
+            f" {ids.ARG_REVIEWERS} [task]",
+            "per reviewer: answers, agreement with the final label, spot checks; "
+            "and the team's agreement",
+        ),
+        (
+            ids.CMD_THRESHOLD,
             " [task] [value]",
             "show the threshold, or set it (admins; 0 < value ≤ 1, `85%` works too)",
         ),
-        ids.CMD_RETRAIN: (" [task]", "train and measure a new model now (admins)"),
-        ids.CMD_HELP: ("", "this list"),
-    }
-    lines = [f"`{command} {word}{args}`\n{escape(what)}" for word, (args, what) in usage.items()]
+        (
+            ids.CMD_THRESHOLD,
+            f" [task] {ids.ARG_PRECISION} 95%",
+            "aim for a precision instead: the threshold is chosen from the evidence (admins)",
+        ),
+        (
+            ids.CMD_THRESHOLD,
+            f" [task] 0.85 {ids.ARG_PREVIEW}",
+            "what a threshold would do to recent items; changes nothing, anyone may run it",
+        ),
+        (
+            ids.CMD_SPOT_CHECKS,
+            " [task] [share]",
+            "show or set the share of automatic answers a person checks too (admins; `2%`)",
+        ),
+        (
+            ids.CMD_VOTES,
+            " [task] [n]",
+            "show or set how many agreeing answers resolve an item (admins; 1 to 10)",
+        ),
+        (ids.CMD_RETRAIN, " [task]", "train and measure a new model now (admins)"),
+        (ids.CMD_HELP, "", "this list"),
+    ]
+    lines = [f"`{command} {word}{args}`\n{escape(what)}" for word, args, what in usage]
+    words = dict.fromkeys(word for word, _, _ in usage)
     return {
-        "text": f"{command} commands: " + ", ".join(usage),
+        "text": f"{command} commands: " + ", ".join(words),
         "blocks": [
             _header("hitl: human-in-the-loop labelling"),
             _section("\n\n".join(lines)),
@@ -510,7 +660,8 @@ def tasks_blocks(tasks: Sequence[TaskSummary]) -> Message:
         model = f"model v{task.active_model_version}" if task.active_model_version else "no model"
         entry = (
             f"*{_task(task.name)}* · {_channel(task.channel)}\n"
-            f"{task.labels_count:,} labels · threshold {task.threshold:g} · {model} · "
+            f"{task.labels_count:,} labels · "
+            f"{_threshold_short(task.threshold, task.target_precision)} · {model} · "
             f"{task.queue_length:,} waiting"
         )
         if text and _cost(text) + _cost(entry) + 2 > SECTION_TEXT_LIMIT:
@@ -526,11 +677,64 @@ def tasks_blocks(tasks: Sequence[TaskSummary]) -> Message:
     return {"text": f"{len(tasks)} tasks", "blocks": blocks}
 
 
+def _threshold_short(threshold: float | None, target: float | None) -> str:
+    """`threshold 0.8`, `threshold 0.87 for 95 % precision`, or `not automating yet (…)`."""
+    if target is None:
+        return f"threshold {threshold:g}" if threshold is not None else "no threshold"
+    if threshold is None:
+        return f"not automating yet (target {_precise(target)} precision)"
+    return f"threshold {threshold:.4g} for {_precise(target)} precision"
+
+
+def _threshold_field(s: StatsView) -> str:
+    """The threshold, and with a target precision the evidence behind it (or why there is none)."""
+    if s.target_precision is None:
+        return f"{s.threshold:g}" if s.threshold is not None else "n/a"
+    target = _precise(s.target_precision)
+    reason = escape(_fit(s.threshold_reason, 300)) if s.threshold_reason else ""
+    if s.threshold is None or not s.automating:
+        return f"not automating yet (target {target} precision)" + (f"\n{reason}" if reason else "")
+    bound = (
+        f"\nprecision ≥ {_precise(s.precision_lower_bound)} on held-out answers"
+        if s.precision_lower_bound is not None
+        else ""
+    )
+    return f"{s.threshold:.4g} for {target} precision{bound}"
+
+
+def _trust_fields(s: StatsView) -> list[Block]:
+    """Spot checks and votes: how the automatic answers hold up, and how items resolve."""
+    live = _live_line(s.auto_precision)
+    target = f"\ntarget {_precise(s.target_precision)}" if s.target_precision is not None else ""
+    votes = (
+        "the first answer decides"
+        if s.votes_required <= 1
+        else f"{s.votes_required:,} agreeing answers decide"
+    )
+    return [
+        _field("Spot checks", f"{_precise(s.spot_check_rate)} of automatic answers"),
+        _field("Automatic answers, checked", f"{live}{target}"),
+        _field("Votes per item", votes),
+    ]
+
+
+def _precision_warning(s: StatsView) -> str | None:
+    """The alarm line: spot checks put the automatic answers below the target precision."""
+    if not s.precision_alarm or s.target_precision is None:
+        return None
+    return (
+        f":rotating_light: *Spot checks put the automatic answers below the target* "
+        f"({_live_line(s.auto_precision)} against {_precise(s.target_precision)}). "
+        "The threshold is raised at the next retrain; admins can raise it now with "
+        f"`{ids.SLASH_COMMAND} {ids.CMD_THRESHOLD} {_task(s.task_name)} VALUE`."
+    )
+
+
 def _traffic_fields(s: StatsView) -> list[Block]:
     auto = _percent(s.auto_share_7d) if s.auto_share_7d is not None else "n/a"
     median = _duration(s.median_answer_seconds) if s.median_answer_seconds is not None else "n/a"
     return [
-        _field("Threshold", f"{s.threshold:g}"),
+        _field("Threshold", _threshold_field(s)),
         _field("Waiting for review", f"{s.review_queue:,}"),
         _field("Items", f"{s.items_today:,} today\n{s.items_7d:,} in 7 days"),
         _field("Automatic (7 days)", auto),
@@ -588,12 +792,13 @@ def _posting_warning(s: StatsView) -> str | None:
 
 def stats_blocks(s: StatsView) -> Message:
     """`/hitl stats`: traffic, answers and the model, in short fields that read well on a phone."""
-    warning = _posting_warning(s)
+    warnings = [w for w in (_precision_warning(s), _posting_warning(s)) if w]
     blocks: list[Block] = [
         _header(f"Stats: {_fit(s.task_name, 100)}"),
-        *([_section(warning)] if warning else []),
+        *(_section(warning) for warning in warnings),
         _fields_section(_traffic_fields(s)),
         _fields_section(_model_fields(s)),
+        _fields_section(_trust_fields(s)),
     ]
     if s.top_reviewers:
         blocks.append(_section(f"*Top reviewers (7 days)*\n{_reviewers(s)}"))
@@ -602,6 +807,8 @@ def stats_blocks(s: StatsView) -> Message:
     queue = f"{s.review_queue:,} waiting"
     if s.posting_blocked is not None:
         queue += f", posting stopped ({escape(s.posting_blocked)})"
+    if s.precision_alarm:
+        queue += ", spot checks below the target precision"
     return {"text": f"Stats of {_task(s.task_name)}: {queue}", "blocks": blocks}
 
 
@@ -639,11 +846,12 @@ def home_view(stats: Sequence[StatsView]) -> dict[str, Any]:
 def _home_task(s: StatsView) -> list[Block]:
     model = _model_fields(s)
     fields = _traffic_fields(s)[1:] + model[: MAX_FIELDS - 5]
-    blocks: list[Block] = [
-        {"type": "divider"},
-        _fields_section(fields, text=f"*{_task(s.task_name)}* · threshold {s.threshold:g}"),
-    ]
+    head = f"*{_task(s.task_name)}* · {_threshold_short(s.threshold, s.target_precision)}"
+    blocks: list[Block] = [{"type": "divider"}, _fields_section(fields, text=head)]
     notes = []
+    warning = _precision_warning(s)
+    if warning:
+        notes.append(_mrkdwn(warning))
     if s.top_reviewers:
         notes.append(_mrkdwn(f"Top reviewers (7 days): {_reviewers(s)}"))
     if s.last_report_summary:
@@ -653,22 +861,321 @@ def _home_task(s: StatsView) -> list[Block]:
     return blocks
 
 
-def threshold_changed_blocks(task_name: str, old: float, *, new: float, user_id: str) -> Message:
-    """The channel announcement of a threshold change, saying what it means for reviewers."""
+def threshold_changed_blocks(
+    task_name: str, old: float | None, *, new: float, user_id: str
+) -> Message:
+    """The channel announcement of a threshold change, saying what it means for reviewers.
+
+    `old` None: nothing was automated before (a target precision the evidence did not support).
+    """
     task = _task(task_name)
+    before = f"{old:g}" if old is not None else "nothing automated"
     headline = (
         f":level_slider: {mention(user_id)} changed the threshold of *{task}* "
-        f"from *{old:g}* to *{new:g}*."
+        f"from *{before}* to *{new:g}*."
     )
-    if new > old:
+    if old is not None and new > old:
         meaning = "More items will come here for review; the model answers fewer on its own."
-    elif new < old:
+    elif old is None or new < old:
         meaning = "Fewer items will come here for review; the model answers more on its own."
     else:
         meaning = "Nothing changes."
     return {
-        "text": f"Threshold of {task}: {old:g} → {new:g}",
+        "text": f"Threshold of {task}: {before} → {new:g}",
         "blocks": [_section(headline), _context(_plain(meaning))],
+    }
+
+
+def threshold_shown_blocks(
+    task_name: str,
+    threshold: float | None,
+    *,
+    target: float | None = None,
+    lower_bound: float | None = None,
+    reason: str | None = None,
+) -> Message:
+    """`/hitl threshold [task]`: the threshold, and with a target precision its evidence."""
+    task = _task(task_name)
+    if target is None:
+        shown = f"{threshold:g}" if threshold is not None else "not set"
+        return ephemeral_text(f"Threshold of *{task}* is {shown}.")
+    why = f" {escape(_fit(reason, 500))}." if reason else ""
+    head = f"*{task}* aims for {_precise(target)} precision:"
+    if threshold is None:
+        return ephemeral_text(f"{head} nothing is automated yet.{why}")
+    bound = (
+        f" (precision ≥ {_precise(lower_bound)} on held-out answers)"
+        if lower_bound is not None
+        else ""
+    )
+    return ephemeral_text(f"{head} threshold {threshold:.4g}{bound}.{why}")
+
+
+def target_precision_blocks(
+    task_name: str,
+    target: float,
+    *,
+    threshold: float | None,
+    lower_bound: float | None,
+    reason: str | None,
+    user_id: str,
+) -> Message:
+    """A target precision was set: the threshold it chose and its evidence, or why none yet.
+
+    The reply to the admin and the channel's announcement are the same message.
+    """
+    task = _task(task_name)
+    headline = (
+        f":dart: {mention(user_id)} set a target precision of *{_precise(target)}* for *{task}*."
+    )
+    if threshold is not None:
+        bound = (
+            f" (precision ≥ {_precise(lower_bound)} on held-out answers)"
+            if lower_bound is not None
+            else ""
+        )
+        what = f"Threshold *{threshold:.4g}*{bound}: the model answers what it is that sure of."
+        short = f"threshold {threshold:.4g}"
+    else:
+        what = (
+            "*Nothing is automated yet*: every item comes here for review until the evidence "
+            "supports the target."
+        )
+        short = "nothing automated yet"
+    notes = [_plain("The threshold is chosen again from the evidence after every retrain.")]
+    if reason:
+        notes.insert(0, _plain(_fit(reason, 500), literal=True))
+    return {
+        "text": f"Target precision of {task}: {_precise(target)}, {short}",
+        "blocks": [_section(f"{headline}\n{what}"), _context(*notes)],
+    }
+
+
+def _per_day(count: float) -> str:
+    return f"{count:,.1f}".removesuffix(".0") if count < 10 else f"{count:,.0f}"
+
+
+def preview_blocks(v: PreviewView) -> Message:
+    """`/hitl threshold … preview`: what a threshold would do to recent items; changes nothing."""
+    task = _task(v.task_name)
+    now = (
+        f"now {v.current_threshold:g}"
+        if v.current_threshold is not None
+        else "nothing is automated now"
+    )
+    head = (
+        f":crystal_ball: *What if* the threshold of *{task}* were *{v.threshold:g}*? "
+        f"({now}; model v{v.model_version}, {v.items:,} items in the last {v.days:,} days)"
+    )
+    blocks: list[Block] = [_section(head)]
+    if v.review_share is None:
+        blocks.append(_section(f"No items in the last {v.days:,} days to try it on."))
+        summary = "no recent items"
+    else:
+        live = v.auto_precision
+        expected = (
+            f"{_with_interval(live.estimate, live.low, live.high)}\n"
+            f"on {live.n:,} held-out answers above it"
+            if live.n and live.estimate is not None
+            else "unknown: no held-out answers above this threshold"
+        )
+        blocks.append(
+            _fields_section(
+                [
+                    _field(
+                        "To people",
+                        f"{_percent(v.review_share)} · ≈ {_per_day(v.review_per_day)} a day",
+                    ),
+                    _field(
+                        "Automatic",
+                        f"{_percent(1 - v.review_share)} · ≈ {_per_day(v.auto_per_day)} a day",
+                    ),
+                    _field("Expected precision of automatic answers", expected),
+                ]
+            )
+        )
+        summary = f"{_percent(v.review_share)} to people"
+    blocks.append(
+        _context(
+            _mrkdwn(
+                "A preview changes nothing. Admins set it with "
+                f"`{ids.SLASH_COMMAND} {ids.CMD_THRESHOLD} {task} {v.threshold:g}`."
+            )
+        )
+    )
+    return {"text": f"Preview of {task} at {v.threshold:g}: {summary}", "blocks": blocks}
+
+
+def spot_checks_blocks(
+    task_name: str,
+    rate: float,
+    *,
+    old: float | None = None,
+    live: LivePrecision | None = None,
+) -> Message:
+    """`/hitl spot-checks`: the share of automatic answers a person checks (`old`: a change)."""
+    task = _task(task_name)
+    change = f"{_precise(old)} → *{_precise(rate)}*" if old is not None else f"*{_precise(rate)}*"
+    head = f"Spot checks of *{task}*: {change} of automatic answers."
+    return ephemeral_text(
+        f"{head} Each is also shown to a person, without the model's answer.\n"
+        f"Measured so far: {_live_line(live)}."
+    )
+
+
+def votes_blocks(task_name: str, votes: int, *, old: int | None = None) -> Message:
+    """`/hitl votes`: how many agreeing answers resolve an item (`old`: a change)."""
+    task = _task(task_name)
+    change = f"{old:,} → *{votes:,}*" if old is not None else f"*{votes:,}*"
+    if votes <= 1:
+        meaning = "the first answer resolves an item."
+    else:
+        meaning = (
+            f"an item is resolved once {votes:,} people give the same label; "
+            "when they disagree, the admins are asked to decide."
+        )
+    return ephemeral_text(f"Votes of *{task}*: {change}: {meaning}")
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def _reviewer_entry(r: ReviewerLine) -> str:
+    skips = f", {_plural(r.skips, 'skip')}" if r.skips else ""
+    if r.resolved:
+        interval = (
+            f" [{_precise(r.agree_final_interval[0]).removesuffix(' %')}-"
+            f"{_precise(r.agree_final_interval[1])}]"
+            if r.agree_final_interval
+            else ""
+        )
+        final = (
+            f"gave the final label {_percent(r.agreed_final / r.resolved)}{interval} "
+            f"of {r.resolved:,} times"
+        )
+    else:
+        final = "no item they answered is decided yet"
+    checks = (
+        f"{_plural(r.spot_checks, 'spot check')}, confirmed the model in "
+        f"{_percent(r.confirmed_model / r.spot_checks)}"
+        if r.spot_checks
+        else "no spot checks"
+    )
+    return f"{mention(r.user)}: {_plural(r.answers, 'answer')}{skips} · {final} · {checks}"
+
+
+_AGREEMENT_NAMES = {"cohen_kappa": "Cohen's kappa", "krippendorff_alpha": "Krippendorff's alpha"}
+
+
+def reviewers_blocks(v: ReviewersView) -> Message:
+    """`/hitl stats reviewers`: each person's figures, then how well the team agrees."""
+    blocks: list[Block] = [_header(f"Reviewers: {_fit(v.task_name, 100)}")]
+    if v.agreement_measure is None:
+        team = "no item has answers from two people yet"
+    else:
+        name = _AGREEMENT_NAMES.get(v.agreement_measure, escape(v.agreement_measure))
+        value = (
+            f"{v.agreement_value:.2f}"
+            if v.agreement_value is not None
+            else "undefined (one label throughout)"
+        )
+        team = (
+            f"{name} {value} on {_plural(v.agreement_items, 'item')} answered by two or more "
+            f"people ({v.agreement_raters:,} in all)"
+        )
+    text, shown = "", 0
+    for reviewer in v.reviewers:
+        entry = _reviewer_entry(reviewer)
+        if text and _utf16_len(text) + _utf16_len(entry) + 1 > SECTION_TEXT_LIMIT:
+            if len(blocks) >= MAX_MESSAGE_BLOCKS - 3:  # room for this section, a note, the team
+                break
+            blocks.append(_section(text))
+            text = ""
+        text = f"{text}\n{entry}" if text else entry
+        shown += 1
+    blocks.append(_section(text or "No answers from people yet."))
+    if shown < len(v.reviewers):
+        blocks.append(_context(_plain(f"…and {len(v.reviewers) - shown:,} more reviewers.")))
+    blocks.append(_section(f"*Team agreement*: {team}"))
+    return {"text": f"Reviewers of {_task(v.task_name)}: {len(v.reviewers):,}", "blocks": blocks}
+
+
+# --- several votes, escalation and spot-check alarms ------------------------------------------
+
+
+def votes_waiting_text(
+    *, needed: int, agreeing: int, second_opinion: bool = False, escalated: bool = False
+) -> str:
+    """What the clicker is told when their answer was stored but does not resolve the item."""
+    if escalated:
+        return (
+            ":scales: Saved. Reviewers disagree on this item, so the admins were asked to decide."
+        )
+    if second_opinion:
+        return (
+            ":eyes: Thanks, saved. The model was very sure of a different label, so a second "
+            "person is asked before the answer counts."
+        )
+    more = max(needed - agreeing, 1)
+    answers = "answer is" if more == 1 else "answers are"
+    return (
+        f":hourglass_flowing_sand: Thanks, saved: {more:,} more agreeing {answers} needed "
+        "before the item is resolved."
+    )
+
+
+_ESCALATION_ANSWERS_SHOWN = MAX_FIELDS - 1  # and one field for "…and N more"
+
+
+def escalation_blocks(
+    p: PromptInput, *, answers: Sequence[tuple[str, str]], admins: Sequence[str]
+) -> Message:
+    """Reviewers disagree: ask the admins to decide, with the item and each person's answer."""
+    task = _task(p.task_name)
+    asked = " ".join(mention(admin) for admin in sorted(admins)[:20])
+    if asked:
+        ask = f"{asked}: please decide by answering the prompt; an admin's answer settles it."
+    else:
+        ask = (
+            "No admins are set (`HITL_ADMINS`), so nobody was asked to decide: the item "
+            f"resolves once {p.votes_needed:,} answers agree."
+        )
+    fields = [
+        _field(mention(user), escape(_fit(label, 300)))
+        for user, label in answers[:_ESCALATION_ANSWERS_SHOWN]
+    ]
+    if len(answers) > _ESCALATION_ANSWERS_SHOWN:
+        fields.append(_field("…", f"and {len(answers) - _ESCALATION_ANSWERS_SHOWN:,} more"))
+    blocks: list[Block] = [
+        _context(_mrkdwn(f":scales: *Reviewers disagree* · {task}")),
+        _section(ask),
+        _item_text(p.text),
+        _context(_item_ref(p)),
+    ]
+    if fields:
+        blocks.append(_fields_section(fields))
+    who = asked or "no admins are set"
+    return {"text": f"Reviewers disagree on an item of {task}: {who}", "blocks": blocks}
+
+
+def precision_alert_blocks(
+    task_name: str, live: LivePrecision, *, target: float, threshold: float | None = None
+) -> Message:
+    """Spot checks put the automatic answers below the target precision: tell the channel."""
+    task = _task(task_name)
+    now = f" ({threshold:g} now)" if threshold is not None else ""
+    body = (
+        f":rotating_light: *Spot checks of {task} fall short of the target precision.* "
+        f"Checked by people, the automatic answers were {_live_line(live)}, against a target "
+        f"of {_precise(target)}.\nThe threshold{now} will be raised at the next retrain. "
+        f"Admins can raise it now with `{ids.SLASH_COMMAND} {ids.CMD_THRESHOLD} {task} VALUE` "
+        f"(try `{ids.SLASH_COMMAND} {ids.CMD_THRESHOLD} {task} VALUE {ids.ARG_PREVIEW}` first)."
+    )
+    estimate = _precise(live.estimate) if live.estimate is not None else "n/a"
+    return {
+        "text": f"Spot checks of {task}: {estimate} right, target {_precise(target)}",
+        "blocks": [_section(body)],
     }
 
 
@@ -713,6 +1220,59 @@ def _new_labels_field(report: RetrainReport) -> str:
     return "\n".join(lines)
 
 
+def _ci(interval: tuple[float, float] | None, *, pct: bool) -> str:
+    """` [83-87%]` (or ` [0.80-0.87]`) after a figure; nothing without an interval."""
+    if interval is None:
+        return ""
+    low, high = interval
+    if pct:
+        return f" [{low * 100:.0f}-{high:.0%}]"
+    return f" [{low:.2f}-{high:.2f}]"
+
+
+def _comparison_field(report: RetrainReport, c: Comparison) -> Block:
+    """Both models on the same answers: accuracies, the difference's interval, McNemar's p."""
+    old = f"v{report.old_version}" if report.old_version is not None else "old"
+    new = f"v{report.new_version}" if report.new_version is not None else "new"
+
+    def show(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.0%}"
+
+    lines = [f"{old} {show(c.old_accuracy)} → {new} {show(c.new_accuracy)}"]
+    if c.difference is not None:
+        low, high = c.difference
+        lines.append(f"difference {low * 100:+.1f} to {high * 100:+.1f} points")
+    p = "< 0.001" if c.p_value < 0.001 else f"= {c.p_value:.3f}".rstrip("0").rstrip(".")
+    lines.append(f"McNemar p {p}: {c.new_only:,} right only by {new}, {c.old_only:,} only by {old}")
+    return _field(f"Paired on the same {c.n:,} answers", "\n".join(lines))
+
+
+def _threshold_choice_field(choice: ThresholdFigures) -> Block:
+    """Precision mode: the threshold the evidence supports, its bound, and why."""
+    target = f"{choice.target_precision * 100:.1f}".removesuffix(".0") + "%"
+    if choice.threshold is None:
+        value = "nothing automated yet"
+    else:
+        value = f"threshold {choice.threshold:.4g}"
+        if choice.precision_lower_bound is not None:
+            value += f", precision ≥ {choice.precision_lower_bound:.1%}"
+        if choice.raised_by_spot_checks:
+            value += "\nraised: spot checks fell short of the target"
+    # 300 raw characters escape to at most 1,500: the field stays under Slack's 2,000.
+    reason = escape(_fit(choice.reason, 300)) if choice.reason else ""
+    return _field(f"Target precision {target}", value + (f"\n{reason}" if reason else ""))
+
+
+def _spot_check_field(live: LivePrecision) -> Block:
+    """How the automatic answers held up when people checked them."""
+    if live.n == 0 or live.estimate is None:
+        return _field("Spot checks", "none answered yet")
+    return _field(
+        "Spot checks",
+        f"{live.estimate:.0%} [{live.low * 100:.0f}-{live.high:.0%}] right on {live.n:,} checks",
+    )
+
+
 def _report_fields(report: RetrainReport) -> list[Block]:
     recent = report.recent or RecentTraffic()
     old_t = recent.old or Traffic(None, None, 0.0, ())
@@ -721,9 +1281,17 @@ def _report_fields(report: RetrainReport) -> list[Block]:
     holdout_new = report.holdout.new if report.holdout else None
     old_h, new_h = holdout_old or HoldoutMetrics(), holdout_new or HoldoutMetrics()
     gain = recent.confidence_gain
-    size = report.holdout_size or 0
-    measured = f"holdout of {size:,}" if size else "cross-validation"
-    return [
+    size = new_h.n or report.holdout_size or 0
+    # Older rows say "holdout" or nothing; newer ones how, e.g. "cross-fitted (5 folds)".
+    how = report.evaluation or ("holdout" if report.holdout_size else "cross-validation")
+    measured = escape(_fit(how, 60))
+    on = f" on {size:,} answers" if size else ""
+    automatic = (
+        f"Automatic at {report.threshold:g}"
+        if report.threshold is not None
+        else "Automatic (no threshold yet)"
+    )
+    fields = [
         _field("New labels", _new_labels_field(report)),
         _field(
             f"Confidence ({recent.items:,} recent items)",
@@ -731,14 +1299,29 @@ def _report_fields(report: RetrainReport) -> list[Block]:
             + (f"  ({gain:+.2f})" if gain is not None else ""),
         ),
         _field(
-            f"Automatic at {report.threshold or 0:g}",
+            automatic,
             _arrow(old_t.auto_share, new_t.auto_share, pct=True)
             + f"\n≈ {new_t.auto_per_day:.0f} of {recent.items_per_day:.0f} items a day",
         ),
-        _field(f"Accuracy ({measured})", _arrow(old_h.accuracy, new_h.accuracy, pct=True)),
-        _field("Macro-F1", _arrow(old_h.macro_f1, new_h.macro_f1)),
+        _field(
+            f"Accuracy ({measured})",
+            _arrow(old_h.accuracy, new_h.accuracy, pct=True)
+            + _ci(new_h.accuracy_ci, pct=True)
+            + on,
+        ),
+        _field(
+            "Macro-F1",
+            _arrow(old_h.macro_f1, new_h.macro_f1) + _ci(new_h.macro_f1_ci, pct=False),
+        ),
         _field("Calibration error (ECE)", _arrow(old_h.ece, new_h.ece)),
     ]
+    if report.comparison is not None and report.comparison.n:
+        fields.append(_comparison_field(report, report.comparison))
+    if report.threshold_choice is not None:
+        fields.append(_threshold_choice_field(report.threshold_choice))
+    if report.auto_precision is not None:
+        fields.append(_spot_check_field(report.auto_precision))
+    return fields
 
 
 def _movers_section(report: RetrainReport) -> Block | None:

@@ -20,11 +20,26 @@ CMD_TASKS: Final = "tasks"
 CMD_STATS: Final = "stats"
 CMD_THRESHOLD: Final = "threshold"
 CMD_RETRAIN: Final = "retrain"
+CMD_SPOT_CHECKS: Final = "spot-checks"
+CMD_VOTES: Final = "votes"
+# Words inside a subcommand: `threshold [task] precision 95%`, `threshold [task] 0.85 preview`
+# (or `preview 0.85`), `stats reviewers [task]`.
+ARG_PRECISION: Final = "precision"
+ARG_PREVIEW: Final = "preview"
+ARG_REVIEWERS: Final = "reviewers"
 
 # Every slash command the app registers (the manifest test checks each one is declared).
 SLASH_COMMANDS: Final = (SLASH_COMMAND,)
 # Subcommand words of `/hitl`, in the order `/hitl help` lists them.
-COMMAND_WORDS: Final = (CMD_TASKS, CMD_STATS, CMD_THRESHOLD, CMD_RETRAIN, CMD_HELP)
+COMMAND_WORDS: Final = (
+    CMD_TASKS,
+    CMD_STATS,
+    CMD_THRESHOLD,
+    CMD_SPOT_CHECKS,
+    CMD_VOTES,
+    CMD_RETRAIN,
+    CMD_HELP,
+)
 
 ACTION_LABEL: Final = "hitl_label"
 ACTION_LABEL_MENU: Final = "hitl_label_menu"

@@ -6,12 +6,15 @@ from datetime import UTC, datetime
 
 from bot.queries import LabelCounts
 from bot.report import (
+    Comparison,
     Holdout,
     HoldoutMetrics,
     LabelMove,
+    LivePrecision,
     Movers,
     RecentTraffic,
     RetrainReport,
+    ThresholdFigures,
     Traffic,
     VersionPoint,
     format_report_text,
@@ -39,7 +42,15 @@ def sample_report(**changes: object) -> RetrainReport:
         compared_on="holdout",
         holdout=Holdout(
             old=HoldoutMetrics(n=300, accuracy=0.81, macro_f1=0.78, log_loss=0.6, ece=0.05),
-            new=HoldoutMetrics(n=300, accuracy=0.86, macro_f1=0.84, log_loss=0.5, ece=0.03),
+            new=HoldoutMetrics(
+                n=300,
+                accuracy=0.86,
+                macro_f1=0.84,
+                log_loss=0.5,
+                ece=0.03,
+                accuracy_ci=(0.82, 0.89),
+                macro_f1_ci=(0.8, 0.87),
+            ),
         ),
         recent=RecentTraffic(
             items=700,
@@ -53,6 +64,24 @@ def sample_report(**changes: object) -> RetrainReport:
             gains=(LabelMove("refund <b>" * 20, 0.5, 0.8),),
             losses=(LabelMove("bug", 0.9, 0.85),),
         ),
+        comparison=Comparison(
+            n=300,
+            new_accuracy=0.86,
+            old_accuracy=0.81,
+            difference=(0.02, 0.08),
+            new_only=25,
+            old_only=10,
+            p_value=0.017,
+        ),
+        target_precision=0.95,
+        threshold_choice=ThresholdFigures(
+            target_precision=0.95,
+            threshold=0.8,
+            precision_lower_bound=0.953,
+            evidence=1200,
+            reason="690 of 700 held-out answers above 0.800 were right; precision ≥ 0.953",
+        ),
+        auto_precision=LivePrecision(estimate=0.96, low=0.9, high=0.99, n=60),
         promoted=True,
         reason="holdout macro-F1 0.840 vs 0.780 (tolerance 0.005)",
         queue_resolved=12,
@@ -102,7 +131,21 @@ def test_json_form_keeps_the_documented_key_layout() -> None:
         "macro_f1": 0.84,
         "log_loss": 0.5,
         "ece": 0.03,
+        "accuracy_ci": [0.82, 0.89],
+        "macro_f1_ci": [0.8, 0.87],
     }
+    assert stored["comparison"] == {
+        "n": 300,
+        "new_accuracy": 0.86,
+        "old_accuracy": 0.81,
+        "difference": [0.02, 0.08],
+        "new_only": 25,
+        "old_only": 10,
+        "p_value": 0.017,
+    }
+    assert stored["target_precision"] == 0.95
+    assert stored["threshold_choice"]["threshold"] == 0.8
+    assert stored["auto_precision"] == {"estimate": 0.96, "low": 0.9, "high": 0.99, "n": 60}
     assert set(stored["recent"]) == {
         "items",
         "items_per_day",
@@ -166,7 +209,13 @@ def test_text_report_shows_the_figures() -> None:
     assert lines[0] == "model v7 → v8 promoted"
     assert "confidence on 700 recent items (7 days): 0.710 → 0.780 (+0.070)" in lines
     assert "routed automatically at threshold 0.8: 41% → 55% (≈ 55 of 100 items a day)" in lines
-    assert "accuracy (holdout of 300): 81% → 86%; macro-F1: 0.780 → 0.840" in lines
+    (accuracy,) = [line for line in lines if line.startswith("accuracy")]
+    for figure in ("86%", "300", "82%", "89%", "0.840"):
+        assert figure in accuracy, figure
+    (paired,) = [line for line in lines if "300 answers" in line and "→" in line]
+    assert "81% → 86%" in paired and "+2.0 to +8.0 points" in paired
+    assert any("95.0%" in line and "0.8" in line for line in lines)  # target and threshold
+    assert any("spot checks" in line and "96.0%" in line and "60" in line for line in lines)
     assert "review queue items resolved by the new model: 12" in lines
 
 

@@ -1,21 +1,28 @@
 """Clicks on review prompts: a label button or menu, Skip, Change and Override.
 
 Every listener acks first, then does the work; whatever goes wrong, the person is told (a
-click that could not be stored says so, and the prompt stays clickable).
+click that could not be stored says so, and the prompt stays clickable). A click that leaves
+an item waiting for more agreeing answers keeps its prompt open; a disagreement that needs the
+admins, and spot checks that put the automatic answers below the target, are posted to the
+channel once.
 """
 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from slack_bolt import Ack, BoltContext
 from slack_sdk.errors import SlackApiError
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
+from bot.answers import get_item
 from bot.errors import HitlError
 from bot.review import (
     ALREADY_LABELLED,
+    NEEDS_MORE,
     STORED,
     ClickOutcome,
     ItemView,
@@ -24,11 +31,14 @@ from bot.review import (
     may_change,
     skip_click,
 )
+from bot.routing import effective_threshold
 from bot.slack import blocks, ids
 from bot.slack.context import SlackDeps, deps_of
 from bot.slack.listeners.shortcuts import origin_channel, tell_sender
 from bot.slack.messages import message_for, prompt_input
 from bot.states import LabelSource
+from bot.storage.schema import utcnow
+from bot.trust import precision_alarm
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +108,12 @@ def reopen(deps: SlackDeps, body: dict[str, Any], action: dict[str, Any]) -> Non
     if not ts:
         return
     by_person = view.final_source == LabelSource.PERSON
+    # An open spot check never names the model's answer, not even as the one being changed.
+    hidden = view.spot_check and not by_person
     message = blocks.change_prompt(
         prompt_input(view),
         answered_by=view.answered_by if by_person else None,
-        previous_label=view.final_label,
+        previous_label=None if hidden else view.final_label,
     )
     deps.client.chat_update(channel=channel, ts=ts, **message)
 
@@ -203,18 +215,80 @@ def choose(deps: SlackDeps, body: dict[str, Any], value: str) -> None:
         logger.warning("ignored a click with an undecodable value %r", value[:100])
         return
     user = body["user"]["id"]
+    admins = deps.services.settings.admin_ids
+    now = utcnow()
     with deps.services.sessions.begin() as session:
         view = item_view(session, item_id)
         check_origin(view, body)
         if not 0 <= label_index < len(view.labels):
             raise HitlError("that label no longer exists; the message is out of date")
-        outcome = answer_click(session, item_id, user, label=view.labels[label_index])
+        outcome = answer_click(
+            session, item_id, user, label=view.labels[label_index], now=now, admins=admins
+        )
+        # In the answer's transaction: the alarm is recorded exactly when the answer is.
+        alarm = spot_check_alarm(session, view, outcome, now=now)
     if outcome.status == ALREADY_LABELLED:
         tell(deps, body, already(outcome))
     refresh(deps, body, item_id)
+    if outcome.status == NEEDS_MORE:
+        agreeing = sum(1 for _, label in outcome.answers if label == outcome.label)
+        note = blocks.votes_waiting_text(
+            needed=outcome.votes_needed,
+            agreeing=agreeing,
+            second_opinion=outcome.second_opinion,
+            escalated=outcome.escalated,
+        )
+        tell(deps, body, note)
+    if outcome.escalated:
+        escalation = blocks.escalation_blocks(
+            prompt_input(view), answers=outcome.answers, admins=sorted(admins)
+        )
+        channel, ts = where(body)
+        # In the prompt's thread, so the admins land on the prompt to answer it, and broadcast
+        # so the channel sees it too.
+        post(deps, channel, escalation, thread_ts=ts, what="the escalation")
+    if alarm is not None:
+        post(deps, alarm[0], alarm[1], what="the spot-check alarm")
     if outcome.status == STORED and view.requested_by:
         # The item came from Slack ("Send to hitl"): its sender wanted to hear the answer.
         notice = blocks.reviewer_answered_notice(
             view.task_name, label=str(outcome.label), user_id=user, text=view.text
         )
         tell_sender(deps, view.requested_by, notice, channel=origin_channel(view.external_id))
+
+
+def spot_check_alarm(
+    session: Session, view: ItemView, outcome: ClickOutcome, *, now: datetime
+) -> tuple[str, dict[str, Any]] | None:
+    """(channel, message) when this spot-check answer puts precision below the task's target."""
+    if not view.spot_check or outcome.status != STORED:
+        return None
+    task = get_item(session, view.item_id).task
+    live = precision_alarm(session, task, now=now)
+    if live is None or task.target_precision is None or not task.channel:
+        return None
+    message = blocks.precision_alert_blocks(
+        task.name, live, target=task.target_precision, threshold=effective_threshold(task)
+    )
+    return task.channel, message
+
+
+def post(
+    deps: SlackDeps,
+    channel: str,
+    message: dict[str, Any],
+    *,
+    what: str,
+    thread_ts: str | None = None,
+) -> None:
+    """Post a message in a channel (in the thread of `thread_ts`, shown in the channel too);
+    a refusal is only logged."""
+    try:
+        deps.client.chat_postMessage(
+            channel=channel,
+            thread_ts=thread_ts,
+            reply_broadcast=True if thread_ts else None,
+            **message,
+        )
+    except SlackApiError:
+        logger.exception("could not post %s in %s", what, channel)

@@ -1,4 +1,7 @@
-"""The `/hitl` slash command: help, tasks, stats, threshold, retrain."""
+"""The `/hitl` slash command: help, tasks, stats, threshold, spot-checks, votes, retrain.
+
+Changes are for admins (HITL_ADMINS); showing, previews and stats are for anyone.
+"""
 
 import logging
 from collections.abc import Callable
@@ -11,12 +14,21 @@ from sqlalchemy.orm import Session
 
 from bot import tasks as task_ops
 from bot.errors import BadInputError, HitlError
+from bot.reviewers import reviewer_report
+from bot.routing import effective_threshold
 from bot.slack import blocks, ids
 from bot.slack.context import SlackDeps, deps_of
-from bot.slack.messages import stats_view
+from bot.slack.messages import preview_view, reviewers_view, stats_view
 from bot.stats import task_stats
 from bot.storage.schema import Task
 from bot.training import latest_report, retrain_task
+from bot.trust import (
+    live_precision,
+    preview,
+    set_spot_check_rate,
+    set_target_precision,
+    set_votes_required,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +96,10 @@ def tasks_command(
                     name=task.name,
                     labels_count=len(task.labels),
                     channel=task.channel,
-                    threshold=task.threshold,
+                    threshold=stats.threshold,
                     active_model_version=stats.model_version,
                     queue_length=stats.review_queue,
+                    target_precision=stats.target_precision,
                 )
             )
     _reply(respond, blocks.tasks_blocks(summaries))
@@ -95,41 +108,127 @@ def tasks_command(
 def stats_command(
     deps: SlackDeps, args: list[str], command: dict[str, Any], respond: Respond
 ) -> None:
-    """`/hitl stats [task]`: the task's figures and the headline of its latest report."""
+    """`/hitl stats [task]`: the task's figures and the headline of its latest report.
+
+    `/hitl stats reviewers [task]`: each reviewer's figures and the team's agreement.
+    """
     with deps.services.sessions.begin() as session:
-        task = _pick_task(session, args[0] if args else None, team_id=deps.team_id)
-        view = stats_view(task_stats(session, task), last_report=_last_headline(session, task))
-    _reply(respond, blocks.stats_blocks(view))
+        if _wants_reviewers(session, args, team_id=deps.team_id):
+            task = _pick_task(session, args[1] if len(args) > 1 else None, team_id=deps.team_id)
+            message = blocks.reviewers_blocks(reviewers_view(reviewer_report(session, task)))
+        else:
+            task = _pick_task(session, args[0] if args else None, team_id=deps.team_id)
+            view = stats_view(task_stats(session, task), last_report=_last_headline(session, task))
+            message = blocks.stats_blocks(view)
+    _reply(respond, message)
+
+
+def _wants_reviewers(session: Session, args: list[str], *, team_id: str | None) -> bool:
+    """`stats reviewers [task]`, unless `reviewers` alone is the name of a task."""
+    if not args or args[0].lower() != ids.ARG_REVIEWERS:
+        return False
+    return len(args) > 1 or args[0] not in _task_names(session, team_id=team_id)
 
 
 def threshold_command(
     deps: SlackDeps, args: list[str], command: dict[str, Any], respond: Respond
 ) -> None:
-    """`/hitl threshold [task] [value]`: show it, or (admins) change it and tell the channel."""
+    """`/hitl threshold [task] [value | precision P | value preview | preview value]`.
+
+    Show the threshold; (admins) set it, or a target precision, and tell the channel; or
+    (anyone) preview what a threshold would do, changing nothing.
+    """
+    user = command["user_id"]
+    with deps.services.sessions.begin() as session:
+        names = _task_names(session, team_id=deps.team_id)
+        name, action, value = _threshold_request(args, names)
+        task = _pick_task(session, name, team_id=deps.team_id)
+        if action == _SHOW:
+            shown = blocks.threshold_shown_blocks(
+                task.name,
+                effective_threshold(task),
+                target=task.target_precision,
+                lower_bound=task.precision_lower_bound,
+                reason=_evidence_reason(task),
+            )
+            _reply(respond, shown)
+            return
+        assert value is not None
+        if action == ids.ARG_PREVIEW:
+            result = preview(
+                session,
+                task,
+                value,
+                registry=deps.services.registry,
+                days=deps.services.settings.report_window_days,
+            )
+            _reply(respond, blocks.preview_blocks(preview_view(result)))
+            return
+        _require_admin(deps, user, "change the threshold")
+        task = task_ops.get_task(session, task.name, lock=True, team_id=deps.team_id)
+        old = effective_threshold(task)
+        if action == ids.ARG_PRECISION:
+            choice = set_target_precision(session, task, value, actor=user)
+            message = blocks.target_precision_blocks(
+                task.name,
+                choice.target,
+                threshold=effective_threshold(task),
+                lower_bound=choice.lower_bound,
+                reason=choice.reason,
+                user_id=user,
+            )
+            reply = message
+        else:
+            task_ops.set_threshold(session, task, value, actor=user)
+            new = task.threshold
+            before = f"{old:g}" if old is not None else "nothing automated"
+            reply = blocks.ephemeral_text(f"Threshold of *{_name(task)}*: {before} → {new:g}.")
+            message = blocks.threshold_changed_blocks(task.name, old, new=new, user_id=user)
+        channel = task.channel
+    _reply(respond, reply)
+    if channel:
+        try:
+            deps.client.chat_postMessage(channel=channel, **message)
+        except SlackApiError:
+            logger.exception("could not announce the threshold change in %s", channel)
+
+
+def spot_checks_command(
+    deps: SlackDeps, args: list[str], command: dict[str, Any], respond: Respond
+) -> None:
+    """`/hitl spot-checks [task] [share]`: show, or (admins) set, the share of automatic
+    answers also shown to a person (`2%` or 0.02)."""
     user = command["user_id"]
     with deps.services.sessions.begin() as session:
         name, value = _task_and_value(session, args, team_id=deps.team_id)
         task = _pick_task(session, name, team_id=deps.team_id)
-        if value is None:
-            _reply(
-                respond,
-                blocks.ephemeral_text(f"Threshold of *{task.name}* is {task.threshold:g}."),
-            )
-            return
-        if user not in deps.services.settings.admin_ids:
-            raise BadInputError("only admins (HITL_ADMINS) can change the threshold")
-        task = task_ops.get_task(session, task.name, lock=True, team_id=deps.team_id)
-        old = task_ops.set_threshold(session, task, value, actor=user)
-        new, channel, task_name = task.threshold, task.channel, task.name
-    _reply(respond, blocks.ephemeral_text(f"Threshold of *{task_name}*: {old:g} → {new:g}."))
-    if channel:
-        try:
-            deps.client.chat_postMessage(
-                channel=channel,
-                **blocks.threshold_changed_blocks(task_name, old, new=new, user_id=user),
-            )
-        except SlackApiError:
-            logger.exception("could not announce the threshold change in %s", channel)
+        old: float | None = None
+        if value is not None:
+            _require_admin(deps, user, "change spot checks")
+            task = task_ops.get_task(session, task.name, lock=True, team_id=deps.team_id)
+            old = set_spot_check_rate(session, task, value, actor=user)
+        message = blocks.spot_checks_blocks(
+            task.name, task.spot_check_rate, old=old, live=live_precision(session, task)
+        )
+    _reply(respond, message)
+
+
+def votes_command(
+    deps: SlackDeps, args: list[str], command: dict[str, Any], respond: Respond
+) -> None:
+    """`/hitl votes [task] [n]`: show, or (admins) set, how many agreeing answers resolve an
+    item."""
+    user = command["user_id"]
+    with deps.services.sessions.begin() as session:
+        name, value = _task_and_value(session, args, team_id=deps.team_id)
+        task = _pick_task(session, name, team_id=deps.team_id)
+        old: int | None = None
+        if value is not None:
+            _require_admin(deps, user, "change the votes")
+            task = task_ops.get_task(session, task.name, lock=True, team_id=deps.team_id)
+            old = set_votes_required(session, task, value, actor=user)
+        message = blocks.votes_blocks(task.name, task.votes_required, old=old)
+    _reply(respond, message)
 
 
 def retrain_command(
@@ -137,8 +236,7 @@ def retrain_command(
 ) -> None:
     """`/hitl retrain [task]` (admins): run the retrain job in the background; report follows."""
     user = command["user_id"]
-    if user not in deps.services.settings.admin_ids:
-        raise BadInputError("only admins (HITL_ADMINS) can retrain")
+    _require_admin(deps, user, "retrain")
     with deps.services.sessions.begin() as session:
         task = _pick_task(session, args[0] if args else None, team_id=deps.team_id)
         name, channel = task.name, task.channel
@@ -159,8 +257,67 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ids.CMD_TASKS: tasks_command,
     ids.CMD_STATS: stats_command,
     ids.CMD_THRESHOLD: threshold_command,
+    ids.CMD_SPOT_CHECKS: spot_checks_command,
+    ids.CMD_VOTES: votes_command,
     ids.CMD_RETRAIN: retrain_command,
 }
+
+_SHOW = "show"
+_SET = "set"
+
+
+def _require_admin(deps: SlackDeps, user: str, what: str) -> None:
+    if user not in deps.services.settings.admin_ids:
+        raise BadInputError(f"only admins (HITL_ADMINS) can {what}")
+
+
+def _name(task: Task) -> str:
+    return blocks.escape(task.name)
+
+
+def _task_names(session: Session, *, team_id: str | None) -> set[str]:
+    return {task.name for task in task_ops.list_tasks(session, team_id=team_id)}
+
+
+def _evidence_reason(task: Task) -> str | None:
+    reason = (task.threshold_evidence or {}).get("reason")
+    return str(reason) if reason else None
+
+
+def _threshold_form(words: list[str]) -> tuple[str, str | None] | None:
+    """(action, value) when `words` (after the task) are one of the threshold forms."""
+    low = [word.lower() for word in words]
+    if not words:
+        return _SHOW, None
+    if len(words) == 2 and low[0] in (ids.ARG_PRECISION, ids.ARG_PREVIEW):
+        return low[0], words[1]
+    if len(words) == 2 and low[1] == ids.ARG_PREVIEW:
+        return ids.ARG_PREVIEW, words[0]
+    if len(words) == 1 and low[0] not in (ids.ARG_PRECISION, ids.ARG_PREVIEW):
+        return _SET, words[0]
+    return None
+
+
+def _threshold_request(args: list[str], names: set[str]) -> tuple[str | None, str, str | None]:
+    """(task name or None, action, value) of `/hitl threshold` arguments.
+
+    A first word that names a task is the task; otherwise the words must be one of the forms
+    alone, or a task name (unknown: reported by name) followed by one.
+    """
+    if args and args[0] in names:
+        form = _threshold_form(args[1:])
+        if form is not None:
+            return args[0], *form
+    form = _threshold_form(args)
+    if form is not None:
+        return None, *form
+    form = _threshold_form(args[1:]) if args else None
+    if form is not None:
+        return args[0], *form
+    raise BadInputError(
+        f"give `{ids.SLASH_COMMAND} {ids.CMD_THRESHOLD} [task] [value]`, "
+        f"`… [task] {ids.ARG_PRECISION} 95%` or `… [task] 0.85 {ids.ARG_PREVIEW}`"
+    )
 
 
 def _last_headline(session: Session, task: Task) -> str | None:

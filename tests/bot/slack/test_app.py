@@ -4,6 +4,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -326,3 +327,157 @@ def test_retrain_resolves_waiting_prompts_and_updates_their_messages(tmp_path: A
         updated = wait_for(overridable, len(resolved))
         assert len(updated) == len(resolved)
         assert all("model v1" in texts_of(message) for message in updated)
+
+
+# --- trust over real HTTP: spot checks, votes, escalation, the precision alarm, commands -------
+
+
+def configure(bot: Bot, **values: Any) -> None:
+    """Set task columns directly, as the trust commands or a retrain would."""
+    with bot.runtime.services.sessions.begin() as session:
+        task = session.scalars(select(Task)).one()
+        for key, value in values.items():
+            setattr(task, key, value)
+
+
+def current(bot: Bot, ts: str, predicate: Callable[[dict[str, Any]], bool]) -> list[Any]:
+    found = bot.slack.message(CHANNEL, ts)
+    return [found] if predicate(found) else []
+
+
+def click_label(bot: Bot, user: str, message: dict[str, Any], label: str) -> None:
+    button = label_button(message, label)
+    bot.user(user).click_button(
+        message, button["action_id"], value=button["value"], channel_id=CHANNEL
+    )
+
+
+def test_a_spot_check_prompt_shows_nothing_of_the_models_answer(bot: Bot) -> None:
+    """Blocks and notification text carry no guess and no confidence; buttons in task order."""
+    configure(bot, threshold=0.01, spot_check_rate=1.0)
+    (routed,) = bot.submit("rude and cold")
+    assert (routed["route"], routed["spot_check"], routed["label"]) == ("auto", True, "negative")
+    (message,) = bot.prompts(1)
+    shown = json.dumps({"text": message["text"], "blocks": message["blocks"]}, ensure_ascii=False)
+    confidence = f"{int(routed['confidence'] * 100)}"
+    assert "%" not in shown and f"{confidence} " not in shown and "0.5" not in shown
+    assert "guess" not in shown.lower() and "model says" not in shown.lower()
+    assert "model v" not in shown.lower()
+    assert message["text"].startswith("Spot check in reviews: rude and cold")
+    order = [
+        b["text"]["text"]
+        for b in buttons(message).values()
+        if b["action_id"].startswith(ids.ACTION_LABEL + ":")
+    ]
+    assert order == ["positive", "negative"]  # the task's order, not the model's ranking
+    click_label(bot, "U0ANNA001", message, "positive")
+    answered = wait_for(
+        lambda: current(bot, message["ts"], lambda m: "U0ANNA001" in texts_of(m)), 1
+    )
+    assert "positive" in texts_of(answered[0])
+    stored = answers(bot)
+    assert [(a.label, a.source) for a in stored] == [("positive", "spot_check")]
+
+
+def test_two_agreeing_votes_resolve_and_the_first_keeps_the_prompt_open(bot: Bot) -> None:
+    assert "1 → *2*" in command(bot, ADMIN, "votes 2")
+    (routed,) = bot.submit("hmm")
+    (message,) = bot.prompts(1)
+    click_label(bot, "U0ANNA001", message, "negative")
+    (waiting,) = wait_for(
+        lambda: current(bot, message["ts"], lambda m: "1 of 2 agreeing" in texts_of(m)), 1
+    )
+    assert label_button(waiting, "positive") and label_button(waiting, "negative")
+    told = wait_for(lambda: bot.slack.ephemerals(channel=CHANNEL, user="U0ANNA001"), 1)
+    assert "1 more agreeing answer is needed" in json.dumps(told[-1])
+    click_label(bot, "U0BEN0001", waiting, "negative")
+    (answered,) = wait_for(
+        lambda: current(
+            bot,
+            message["ts"],
+            lambda m: any(b["action_id"] == ids.ACTION_CHANGE for b in buttons(m).values()),
+        ),
+        1,
+    )
+    assert "U0BEN0001" in texts_of(answered) and "U0ANNA001" in texts_of(answered)
+    status = bot.api.get(f"/api/tasks/reviews/items/%23{routed['item_id']}").json()["item"]
+    assert (status["final_label"], status["label_source"]) == ("negative", "person")
+
+
+def test_a_disagreement_goes_to_the_admins_who_decide(bot: Bot) -> None:
+    configure(bot, votes_required=2)
+    (routed,) = bot.submit("so-so")
+    (message,) = bot.prompts(1)
+    click_label(bot, "U0ANNA001", message, "positive")
+    wait_for(lambda: current(bot, message["ts"], lambda m: "1 of 2" in texts_of(m)), 1)
+    click_label(bot, "U0BEN0001", message, "negative")
+    escalations = wait_for(
+        lambda: [m for m in bot.slack.messages(CHANNEL) if "Reviewers disagree" in m["text"]], 1
+    )
+    (escalation,) = escalations
+    assert escalation["thread_ts"] == message["ts"]
+    shown = texts_of(escalation)
+    assert f"<@{ADMIN}>" in shown and "so-so" in shown
+    assert "<@U0ANNA001>*\\npositive" in shown and "<@U0BEN0001>*\\nnegative" in shown
+    (reopened,) = wait_for(
+        lambda: current(bot, message["ts"], lambda m: "Reviewers disagree" in texts_of(m)), 1
+    )
+    click_label(bot, ADMIN, reopened, "negative")
+    wait_for(lambda: current(bot, message["ts"], lambda m: ADMIN in texts_of(m)), 1)
+    status = bot.api.get(f"/api/tasks/reviews/items/%23{routed['item_id']}").json()["item"]
+    assert (status["final_label"], status["answered_by"]) == ("negative", ADMIN)
+
+
+def test_spot_checks_that_contradict_the_model_raise_the_alarm_in_precision_mode(
+    bot: Bot,
+) -> None:
+    configure(
+        bot,
+        target_precision=0.95,
+        precision_lower_bound=0.96,
+        threshold=0.01,
+        spot_check_rate=1.0,
+        threshold_evidence={"reason": "set for the test"},
+    )
+    routed = bot.submit("hmm", "whatever")
+    assert all(r["route"] == "auto" and r["spot_check"] for r in routed)
+    assert all(r["confidence"] < 0.9 for r in routed)  # else a second opinion would be asked
+    prompts = bot.prompts(2)
+    by_text = {m["text"]: m for m in prompts}
+    for n, r in enumerate(routed):
+        message = next(m for t, m in by_text.items() if ("hmm" if n == 0 else "whatever") in t)
+        wrong = "positive" if r["label"] == "negative" else "negative"
+        click_label(bot, f"U0P{n}00001", message, wrong)
+        wait_for(partial(current, bot, message["ts"], lambda m: "Change" in texts_of(m)), 1)
+    alarms = wait_for(
+        lambda: [m for m in bot.slack.messages(CHANNEL) if "fall short" in texts_of(m)], 1
+    )
+    assert "right on 2 spot checks" in texts_of(alarms[0])
+    assert "target of 95 %" in texts_of(alarms[0])
+    reply = command(bot, "U0GUS0001", "stats")
+    assert "below the target" in reply
+
+
+def test_trust_commands_over_http(bot: Bot) -> None:
+    bot.submit("the food was lovely", "rude staff", "hmm")
+    reply = command(bot, "U0GUS0001", "threshold reviews 0.5 preview")
+    assert "What if" in reply and "Expected precision" in reply and "changes nothing" in reply
+    assert "What if" in command(bot, "U0GUS0001", "threshold preview 0.5")
+    with bot.runtime.services.sessions.begin() as session:
+        assert session.scalars(select(Task)).one().threshold == pytest.approx(0.99)
+    assert "only admins" in command(bot, "U0GUS0001", "threshold precision 95%")
+    reply = command(bot, ADMIN, "threshold reviews precision 95%")
+    assert "target precision of *95 %*" in reply
+    assert "Nothing is automated yet" in reply or "Threshold *" in reply
+    assert "*2 %* of automatic answers" in command(bot, "U0GUS0001", "spot-checks")
+    assert "2 % → *10 %*" in command(bot, ADMIN, "spot-checks reviews 10%")
+    assert "Reviewers: reviews" in command(bot, "U0GUS0001", "stats reviewers")
+    help_text = command(bot, "U0GUS0001", "help")
+    for usage in (
+        "threshold [task] precision 95%",
+        "threshold [task] 0.85 preview",
+        "spot-checks",
+        "votes",
+        "stats reviewers",
+    ):
+        assert usage in help_text, usage

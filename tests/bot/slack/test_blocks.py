@@ -2,6 +2,7 @@
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -10,7 +11,7 @@ from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
 from bot.demo.standin import validate_blocks
-from bot.report import LabelMove, Movers, RetrainReport
+from bot.report import Comparison, LabelMove, LivePrecision, Movers, RetrainReport, ThresholdFigures
 from bot.slack import blocks, ids
 from bot.states import RunStatus
 from tests.bot.test_report import sample_report
@@ -642,8 +643,8 @@ def test_report_message_shows_the_figures_within_slack_limits() -> None:
         "0.710 → 0.780",
         "+0.07",
         "41% → 55%",
-        "81% → 86%",
-        "holdout of 300",
+        "81% → 86% [82-89%] on 300 answers",
+        "0.780 → 0.840 [0.80-0.87]",
         "120\n100 from Slack by 4 people\n20 imported",
         "12 waiting items",
     ):
@@ -693,6 +694,342 @@ def test_section_backstop_never_splits_an_entity() -> None:
     text = section["text"]["text"]
     assert text.endswith("…") and len(text) <= SECTION_TEXT
     assert text[:-1] == "&amp;" * ((len(text) - 1) // 5)
+
+
+# --- trust: spot checks, votes, escalation, target precision -----------------------------------
+
+
+def spot_check(labels: tuple[str, ...], *, text: str = "refund please") -> blocks.PromptInput:
+    """A spot check of an item the model answered at 97 %, ranking labels in reverse order."""
+    return replace(modelled(labels, text=text), confidence=0.97, spot_check=True)
+
+
+def test_a_spot_check_hides_the_models_answer() -> None:
+    """No guess, no confidence, no model version; the buttons follow the task's label order."""
+    labels = ("billing", "bug", "feature", "refund", "login", "other", "spam")
+    data = spot_check(labels)
+    assert data.guess == "spam" and data.ranked_labels[0] == "spam"
+    message = blocks.review_prompt(data)
+    assert_valid(message["blocks"])
+    shown = all_text(message) + "\n" + message["text"]
+    assert "%" not in shown and "97" not in shown
+    assert "guess" not in shown.lower() and "model v" not in shown.lower()
+    assert "Spot check" in shown and message["text"].startswith("Spot check in tickets: ")
+    buttons = [text for kind, text, _ in choices(message) if kind == "button"]
+    assert buttons == list(labels[:5])
+    assert [text for kind, text, _ in choices(message) if kind == "option"] == ["other", "spam"]
+
+
+def test_a_change_of_a_spot_check_keeps_the_model_hidden() -> None:
+    """Re-opening a spot check for a change shows no guess either."""
+    message = blocks.change_prompt(spot_check(("a", "b", "c")), answered_by="U0ABC")
+    assert "97" not in all_text(message) and "guess" not in all_text(message).lower()
+    assert [text for kind, text, _ in choices(message)] == ["a", "b", "c"]
+
+
+def test_an_item_waiting_for_votes_says_how_many_it_has_not_which() -> None:
+    """ "1 of 2 agreeing answers so far", buttons kept, and no label named as someone's pick."""
+    message = blocks.review_prompt(replace(modelled(("a", "b")), votes_needed=2, answers_so_far=1))
+    assert_valid(message["blocks"])
+    assert "1 of 2 agreeing answers so far." in all_text(message)
+    assert len(choices(message)) == 2
+    single = blocks.review_prompt(modelled(("a", "b")))
+    assert "answers so far" not in all_text(single)
+
+
+def test_an_escalated_item_says_an_admin_decides() -> None:
+    data = replace(modelled(("a", "b")), votes_needed=2, answers_so_far=2, escalated=True)
+    text = all_text(blocks.review_prompt(data))
+    assert "Reviewers disagree (2 answers): an admin's answer decides" in text
+
+
+def test_an_answer_several_people_agreed_on_names_them() -> None:
+    message = blocks.answered_prompt(
+        modelled(("a", "b")),
+        label="a",
+        user_id="U0BOB",
+        answered_at=WHEN,
+        agreed_by=("U0ANN", "U0BOB"),
+    )
+    assert "by <@U0BOB> and <@U0ANN> · <!date^" in all_text(message)
+
+
+def test_escalation_mentions_the_admins_and_shows_each_answer() -> None:
+    """Admins as mentions, the item text as plain text, person → label side by side."""
+    data = prompt(("a <b>", "c"), text="is <!channel> a or c?", external_id="T-9")
+    message = blocks.escalation_blocks(
+        data, answers=[("U0ANN", "a <b>"), ("U0BOB", "c")], admins=["U0ADM2", "U0ADM1"]
+    )
+    assert_valid(message["blocks"])
+    text = all_text(message)
+    assert "<@U0ADM1> <@U0ADM2>: please decide by answering the prompt" in text
+    assert "*<@U0ANN>*\na &lt;b&gt;" in field_texts(message["blocks"])
+    assert "*<@U0BOB>*\nc" in field_texts(message["blocks"])
+    item = [t for t in text_objects(message["blocks"]) if t["text"] == "is <!channel> a or c?"]
+    assert [t["type"] for t in item] == ["plain_text"]
+    assert "Item T-9" in text
+    assert "<@U0ADM1>" in message["text"]
+
+
+def test_escalation_without_admins_says_so() -> None:
+    data = replace(prompt(("a", "b")), votes_needed=3)
+    message = blocks.escalation_blocks(data, answers=[("U0A", "a"), ("U0B", "b")], admins=[])
+    text = all_text(message)
+    assert "No admins are set (`HITL_ADMINS`)" in text
+    assert "resolves once 3 answers agree" in text
+
+
+def test_escalation_of_many_answers_keeps_ten_fields() -> None:
+    answers = [(f"U0R{n:02d}", f"label {n}") for n in range(14)]
+    message = blocks.escalation_blocks(prompt(("a",)), answers=answers, admins=["U0A"])
+    fields = field_texts(message["blocks"])
+    assert len(fields) == 10 and fields[-1] == "*…*\nand 5 more"
+
+
+def test_precision_alert_gives_the_figures_and_what_to_do() -> None:
+    message = blocks.precision_alert_blocks(
+        "tickets", LivePrecision(0.5, 0.12, 0.88, 8), target=0.95, threshold=0.8
+    )
+    assert_valid(message["blocks"])
+    text = all_text(message)
+    assert "50 % [12-88 %] right on 8 spot checks" in text
+    assert "against a target of 95 %" in text
+    assert "The threshold (0.8 now) will be raised at the next retrain" in text
+    assert "`/hitl threshold tickets VALUE`" in text
+    assert message["text"] == "Spot checks of tickets: 50 % right, target 95 %"
+
+
+def test_threshold_shown_by_hand_or_for_a_target() -> None:
+    by_hand = blocks.threshold_shown_blocks("tickets", 0.8)
+    assert by_hand["text"] == "Threshold of *tickets* is 0.8."
+    chosen = blocks.threshold_shown_blocks(
+        "tickets", 0.8712, target=0.95, lower_bound=0.953, reason="a <b>"
+    )
+    assert chosen["text"] == (
+        "*tickets* aims for 95 % precision: threshold 0.8712 "
+        "(precision ≥ 95.3 % on held-out answers). a &lt;b&gt;."
+    )
+    waiting = blocks.threshold_shown_blocks("tickets", None, target=0.99)
+    assert waiting["text"] == "*tickets* aims for 99 % precision: nothing is automated yet."
+
+
+def test_target_precision_reply_shows_threshold_and_bound_or_why_not() -> None:
+    chosen = blocks.target_precision_blocks(
+        "tickets", 0.95, threshold=0.87, lower_bound=0.953, reason="reason <x>", user_id="U0A"
+    )
+    text = all_text(chosen)
+    assert "<@U0A> set a target precision of *95 %* for *tickets*." in text
+    assert "Threshold *0.87* (precision ≥ 95.3 % on held-out answers)" in text
+    assert "reason <x>" in text  # plain text: shown literally
+    refused = blocks.target_precision_blocks(
+        "tickets", 0.975, threshold=None, lower_bound=None, reason=None, user_id="U0A"
+    )
+    assert "*97.5 %*" in all_text(refused)
+    assert "*Nothing is automated yet*" in all_text(refused)
+    assert refused["text"] == "Target precision of tickets: 97.5 %, nothing automated yet"
+
+
+def preview_view(**changes: Any) -> blocks.PreviewView:
+    values: dict[str, Any] = {
+        "task_name": "tickets",
+        "threshold": 0.85,
+        "current_threshold": 0.9,
+        "model_version": 4,
+        "items": 700,
+        "days": 7,
+        "review_share": 0.3,
+        "review_per_day": 30.0,
+        "auto_per_day": 70.0,
+        "auto_precision": LivePrecision(0.961, 0.94, 0.976, 800),
+    }
+    values.update(changes)
+    return blocks.PreviewView(**values)
+
+
+def test_preview_shows_work_and_expected_precision_and_changes_nothing() -> None:
+    message = blocks.preview_blocks(preview_view())
+    assert_valid(message["blocks"])
+    text = all_text(message)
+    assert "*What if* the threshold of *tickets* were *0.85*? (now 0.9; model v4" in text
+    assert "*To people*\n30 % · ≈ 30 a day" in field_texts(message["blocks"])
+    assert "*Automatic*\n70 % · ≈ 70 a day" in field_texts(message["blocks"])
+    assert "96.1 % [94-97.6 %]\non 800 held-out answers above it" in text
+    assert "A preview changes nothing" in text
+    empty = blocks.preview_blocks(preview_view(review_share=None, items=0))
+    assert "No items in the last 7 days" in all_text(empty)
+    unknown = blocks.preview_blocks(preview_view(auto_precision=LivePrecision(None, 0, 1, 0)))
+    assert "unknown: no held-out answers above this threshold" in all_text(unknown)
+
+
+def test_spot_check_and_votes_replies() -> None:
+    changed = blocks.spot_checks_blocks(
+        "tickets", 0.05, old=0.02, live=LivePrecision(0.9, 0.8, 0.96, 70)
+    )
+    assert "Spot checks of *tickets*: 2 % → *5 %* of automatic answers." in all_text(changed)
+    assert "90 % [80-96 %] right on 70 spot checks" in all_text(changed)
+    shown = blocks.spot_checks_blocks("tickets", 0.025)
+    assert "*2.5 %*" in all_text(shown) and "no spot checks answered yet" in all_text(shown)
+    votes = blocks.votes_blocks("tickets", 2, old=1)
+    assert "Votes of *tickets*: 1 → *2*: an item is resolved once 2 people" in all_text(votes)
+    assert "first answer resolves" in all_text(blocks.votes_blocks("tickets", 1))
+
+
+def reviewers_view(*, count: int) -> blocks.ReviewersView:
+    people = tuple(
+        blocks.ReviewerLine(
+            user=f"U0R{n:04d}",
+            answers=100 - n % 100,
+            skips=n % 3,
+            resolved=40,
+            agreed_final=38,
+            agree_final_interval=(0.83, 0.99),
+            spot_checks=n % 5,
+            confirmed_model=n % 5 // 2,
+        )
+        for n in range(count)
+    )
+    return blocks.ReviewersView("tickets", people, "cohen_kappa", 0.8123, 30, 2)
+
+
+def test_reviewers_show_each_person_and_the_team() -> None:
+    message = blocks.reviewers_blocks(reviewers_view(count=3))
+    assert_valid(message["blocks"])
+    text = all_text(message)
+    assert (
+        "<@U0R0001>: 99 answers, 1 skip · gave the final label 95 % [83-99 %] of 40 times"
+        " · 1 spot check, confirmed the model in 0 %"
+    ) in text
+    assert "<@U0R0000>: 100 answers · " in text and "no spot checks" in text
+    assert "*Team agreement*: Cohen's kappa 0.81 on 30 items" in text
+
+
+def test_hundreds_of_reviewers_fit_one_message() -> None:
+    message = blocks.reviewers_blocks(reviewers_view(count=2000))
+    assert_valid(message["blocks"])
+    match = re.search(r"…and ([\d,]+) more reviewers", all_text(message))
+    assert match is not None
+    listed = all_text(message).count("<@U0R")
+    assert listed + int(match.group(1).replace(",", "")) == 2000
+    assert "Team agreement" in all_text(message)
+
+
+def test_the_clicker_hears_why_the_item_is_still_open() -> None:
+    assert "1 more agreeing answer is needed" in blocks.votes_waiting_text(needed=2, agreeing=1)
+    assert "2 more agreeing answers are needed" in blocks.votes_waiting_text(needed=3, agreeing=1)
+    sure = blocks.votes_waiting_text(needed=2, agreeing=1, second_opinion=True)
+    assert "very sure of a different label" in sure and "second person" in sure
+    assert "admins" in blocks.votes_waiting_text(needed=2, agreeing=1, escalated=True)
+
+
+def precision_stats(**changes: Any) -> blocks.StatsView:
+    values: dict[str, Any] = {
+        "threshold": 0.87,
+        "target_precision": 0.95,
+        "precision_lower_bound": 0.953,
+        "automating": True,
+        "threshold_reason": "690 of 700 held-out answers above 0.870 were right",
+        "auto_precision": LivePrecision(0.9, 0.8, 0.96, 60),
+        "spot_check_rate": 0.02,
+        "votes_required": 2,
+    }
+    values.update(changes)
+    return stats(**values)
+
+
+def test_stats_in_precision_mode_show_target_threshold_bound_and_spot_checks() -> None:
+    message = blocks.stats_blocks(precision_stats())
+    assert_valid(message["blocks"])
+    fields = field_texts(message["blocks"])
+    assert "*Threshold*\n0.87 for 95 % precision\nprecision ≥ 95.3 % on held-out answers" in fields
+    assert "*Spot checks*\n2 % of automatic answers" in fields
+    assert "*Automatic answers, checked*\n90 % [80-96 %] right on 60 spot checks\ntarget 95 %" in (
+        fields
+    )
+    assert "*Votes per item*\n2 agreeing answers decide" in fields
+    assert "below the target" not in all_text(message)
+
+
+def test_stats_say_why_nothing_is_automated() -> None:
+    message = blocks.stats_blocks(
+        precision_stats(threshold=None, automating=False, threshold_reason="not enough <x>")
+    )
+    assert_valid(message["blocks"])
+    assert (
+        "*Threshold*\nnot automating yet (target 95 % precision)\nnot enough &lt;x&gt;"
+        in field_texts(message["blocks"])
+    )
+    home = blocks.home_view([precision_stats(threshold=None, automating=False)])
+    assert "*tickets* · not automating yet (target 95 % precision)" in all_text(home)
+    listed = blocks.tasks_blocks([blocks.TaskSummary("t", 2, None, None, 1, 0, 0.95)])
+    assert "2 labels · not automating yet (target 95 % precision) · model v1" in all_text(listed)
+
+
+def test_stats_warn_when_spot_checks_fall_below_the_target() -> None:
+    message = blocks.stats_blocks(
+        precision_stats(auto_precision=LivePrecision(0.5, 0.2, 0.8, 10), precision_alarm=True)
+    )
+    assert_valid(message["blocks"])
+    warning = message["blocks"][1]["text"]["text"]
+    assert warning.startswith(":rotating_light: *Spot checks put the automatic answers below")
+    assert "50 % [20-80 %] right on 10 spot checks against 95 %" in warning
+    assert "`/hitl threshold tickets VALUE`" in warning
+    assert "spot checks below the target precision" in message["text"]
+    home = blocks.home_view([precision_stats(precision_alarm=True)])
+    assert "below the target" in all_text(home)
+
+
+def test_threshold_announcement_from_nothing_automated() -> None:
+    message = blocks.threshold_changed_blocks("t", None, new=0.9, user_id="U0A")
+    assert "from *nothing automated* to *0.9*" in all_text(message)
+    assert "Fewer items will come here" in all_text(message)
+
+
+def threshold_figures(**changes: Any) -> ThresholdFigures:
+    values: dict[str, Any] = {
+        "target_precision": 0.95,
+        "threshold": 0.8,
+        "precision_lower_bound": 0.953,
+        "evidence": 1200,
+        "reason": "690 of 700 held-out answers above 0.800 were right",
+    }
+    values.update(changes)
+    return ThresholdFigures(**values)
+
+
+def test_report_shows_intervals_the_paired_comparison_target_and_spot_checks() -> None:
+    message = blocks.report_blocks(sample_report())
+    fields = field_texts(message["blocks"])
+    assert len(fields) <= FIELDS
+    assert "*Accuracy (holdout)*\n81% → 86% [82-89%] on 300 answers" in fields
+    assert (
+        "*Paired on the same 300 answers*\nv7 81% → v8 86%\ndifference +2.0 to +8.0 points\n"
+        "McNemar p = 0.017: 25 right only by v8, 10 only by v7"
+    ) in fields
+    assert (
+        "*Target precision 95%*\nthreshold 0.8, precision ≥ 95.3%\n"
+        "690 of 700 held-out answers above 0.800 were right; precision ≥ 0.953"
+    ) in fields
+    assert "*Spot checks*\n96% [90-99%] right on 60 checks" in fields
+
+
+def test_report_fields_without_trust_figures_or_a_threshold() -> None:
+    """Older reports: no interval, comparison or target; a missing threshold is said so."""
+    report = sample_report(
+        comparison=None,
+        threshold_choice=threshold_figures(threshold=None, precision_lower_bound=None),
+        auto_precision=None,
+        threshold=None,
+    )
+    fields = field_texts(blocks.report_blocks(report)["blocks"])
+    assert any(f.startswith("*Automatic (no threshold yet)*") for f in fields)
+    assert any(f.startswith("*Target precision 95%*\nnothing automated yet") for f in fields)
+    assert not any("Paired" in f or "Spot checks" in f for f in fields)
+    paired = sample_report(
+        comparison=Comparison(50, 0.9, 0.9, None, 0, 0, 1.0), threshold_choice=None
+    )
+    assert "McNemar p = 1: 0 right only by v8" in "\n".join(
+        field_texts(blocks.report_blocks(paired)["blocks"])
+    )
 
 
 # --- what Slack itself would say ---------------------------------------------------------------
@@ -767,6 +1104,65 @@ def _prompts() -> dict[str, dict[str, Any]]:
         "threshold up": blocks.threshold_changed_blocks("t <&>", 0.5, new=0.9, user_id="U0A"),
         "threshold same": blocks.threshold_changed_blocks("t", 0.5, new=0.5, user_id="import"),
         "ephemeral": blocks.ephemeral_text("Not saved &amp; please click again"),
+        "spot check": blocks.review_prompt(spot_check(MANY_LABELS, text=HOSTILE)),
+        "waiting for votes": blocks.review_prompt(
+            replace(modelled(few), votes_needed=3, answers_so_far=2)
+        ),
+        "escalated": blocks.review_prompt(
+            replace(modelled(few), votes_needed=2, answers_so_far=2, escalated=True)
+        ),
+        "answered by several": blocks.answered_prompt(
+            modelled(few),
+            label="refund",
+            user_id="U0ALICE",
+            answered_at=answered_at,
+            agreed_by=("U0BOB", "U0ALICE", HOSTILE[:50]),
+        ),
+        "escalation": blocks.escalation_blocks(
+            prompt(MANY_LABELS, text=HOSTILE, external_id=HOSTILE[:250]),
+            answers=[(f"U0R{n}", HOSTILE[:300]) for n in range(25)],
+            admins=["U0ADMIN", HOSTILE[:30]],
+        ),
+        "escalation without admins": blocks.escalation_blocks(
+            prompt(few), answers=[("U0A", "refund"), ("U0B", "bug")], admins=[]
+        ),
+        "precision alert": blocks.precision_alert_blocks(
+            HOSTILE[:200], LivePrecision(0.5, 0.1, 0.9, 8), target=0.95, threshold=0.8
+        ),
+        "target precision": blocks.target_precision_blocks(
+            HOSTILE[:200],
+            0.95,
+            threshold=0.87,
+            lower_bound=0.953,
+            reason=HOSTILE,
+            user_id="U0ADMIN",
+        ),
+        "target not supported": blocks.target_precision_blocks(
+            "t", 0.99, threshold=None, lower_bound=None, reason=None, user_id="U0ADMIN"
+        ),
+        "preview": blocks.preview_blocks(preview_view()),
+        "preview without items": blocks.preview_blocks(
+            preview_view(items=0, review_share=None, current_threshold=None)
+        ),
+        "spot checks": blocks.spot_checks_blocks(
+            HOSTILE[:200], 0.02, old=0.05, live=LivePrecision(0.9, 0.8, 0.96, 70)
+        ),
+        "votes": blocks.votes_blocks(HOSTILE[:200], 2, old=1),
+        "threshold shown": blocks.threshold_shown_blocks(
+            HOSTILE[:200], 0.9, target=0.95, lower_bound=0.951, reason=HOSTILE
+        ),
+        "reviewers": blocks.reviewers_blocks(reviewers_view(count=500)),
+        "no reviewers": blocks.reviewers_blocks(reviewers_view(count=0)),
+        "precision stats": blocks.stats_blocks(precision_stats(task_name=HOSTILE[:300])),
+        "stats not automating": blocks.stats_blocks(
+            precision_stats(threshold=None, automating=False, threshold_reason=HOSTILE)
+        ),
+        "report with no threshold": blocks.report_blocks(
+            sample_report(threshold=None, threshold_choice=threshold_figures(threshold=None))
+        ),
+        "report with hostile reason": blocks.report_blocks(
+            sample_report(threshold_choice=threshold_figures(reason=HOSTILE))
+        ),
     }
 
 

@@ -19,7 +19,8 @@ from bot.settings import Settings
 from bot.slack import ids
 from bot.slack.context import DEPS_KEY, SlackDeps
 from bot.slack.listeners import actions, commands, events
-from bot.storage.schema import Answer, ReviewPrompt, utcnow
+from bot.states import LabelSource, Route
+from bot.storage.schema import Answer, AuditLog, Item, Prediction, ReviewPrompt, utcnow
 
 CHANNEL = "C0REVIEW1"
 ADMIN = "U0ADMIN01"
@@ -328,3 +329,260 @@ def test_a_click_against_an_unreachable_database_tells_the_person(harness: Harne
     (told,) = harness.client.named("chat_postEphemeral")
     assert told["text"].startswith(":warning: Not saved") and "click again" in told["text"]
     assert harness.client.named("chat_update") == []
+
+
+# --- trust: several votes, escalation, spot checks and their alarm, new commands ---------------
+
+
+def set_task(harness: Harness, **values: Any) -> None:
+    """Change task columns directly (what the trust commands and retrains would set)."""
+    with harness.deps.services.sessions.begin() as session:
+        task = task_ops.get_task(session, "reviews")
+        for key, value in values.items():
+            setattr(task, key, value)
+
+
+def click(harness: Harness, user: str, label_index: int, *, item_id: int | None = None) -> None:
+    value = ids.encode_choice(item_id or harness.item_id, label_index)
+    actions.on_label_button(Ack(), harness.body(user), {"value": value}, harness.context())
+
+
+def spot_check_item(
+    harness: Harness, *, text: str, guess: str, ts: str, confidence: float = 0.7
+) -> int:
+    """An item the model answered and sent for a spot check, its prompt posted."""
+    services = harness.deps.services
+    now = utcnow()
+    with services.sessions.begin() as session:
+        task = task_ops.get_task(session, "reviews")
+        item = Item(
+            task_id=task.id,
+            text=text,
+            source="api",
+            submitted_at=now,
+            route=Route.AUTO,
+            final_label=guess,
+            final_source=LabelSource.MODEL,
+            resolved_at=now,
+            spot_check=True,
+        )
+        session.add(item)
+        session.flush()
+        session.add(
+            Prediction(
+                item_id=item.id,
+                label=guess,
+                confidence=confidence,
+                probabilities=None,
+                route=Route.AUTO,
+                created_at=now,
+            )
+        )
+        outbox.enqueue(session, [item.id], channel=CHANNEL, now=now)
+        item_id = item.id
+    post_prompt(services, item_id, ts)
+    return item_id
+
+
+def test_with_two_votes_the_first_click_keeps_the_prompt_open(harness: Harness) -> None:
+    """One answer of two: buttons stay, the count shows, the clicker hears one more is needed."""
+    set_task(harness, votes_required=2)
+    click(harness, "U0ANNA", 1)
+    (update,) = harness.client.named("chat_update")
+    assert "1 of 2 agreeing answers so far" in _texts(update)
+    assert ids.label_action_id(0) in _texts(update) and ids.ACTION_CHANGE not in _texts(update)
+    # Who chose what stays hidden until the item resolves: no label outside the buttons.
+    assert "negative" not in repr([b for b in update["blocks"] if b["type"] != "actions"])
+    (told,) = harness.client.named("chat_postEphemeral")
+    assert told["user"] == "U0ANNA" and "1 more agreeing answer is needed" in told["text"]
+    click(harness, "U0BOB", 1)
+    answered = harness.client.named("chat_update")[-1]
+    assert ids.ACTION_CHANGE in _texts(answered)
+    assert "<@U0BOB> and <@U0ANNA>" in _texts(answered)
+    assert len(harness.client.named("chat_postEphemeral")) == 1  # the resolving click: no note
+    with harness.deps.services.sessions.begin() as session:
+        item = session.get(Item, harness.item_id)
+        assert item is not None and (item.final_label, item.final_source) == ("negative", "person")
+
+
+def test_disagreement_is_escalated_once_and_an_admin_decides(harness: Harness) -> None:
+    set_task(harness, votes_required=2)
+    click(harness, "U0ANNA", 0)
+    click(harness, "U0BOB", 1)
+    (escalation,) = harness.client.named("chat_postMessage")
+    assert escalation["channel"] == CHANNEL and escalation["thread_ts"] == TS
+    assert escalation["reply_broadcast"] is True  # in the prompt's thread, shown in the channel
+    shown = _texts(escalation)
+    assert f"<@{ADMIN}>: please decide" in shown and "so-so" in shown
+    assert "*<@U0ANNA>*\\npositive" in shown and "*<@U0BOB>*\\nnegative" in shown
+    told = harness.client.named("chat_postEphemeral")[-1]
+    assert told["user"] == "U0BOB" and "admins were asked to decide" in told["text"]
+    assert "Reviewers disagree" in _texts(harness.client.named("chat_update")[-1])
+    click(harness, "U0CARL", 0)  # a third reviewer agreeing with the first: 2 of 2, resolved
+    assert len(harness.client.named("chat_postMessage")) == 1  # escalated once only
+    with harness.deps.services.sessions.begin() as session:
+        item = session.get(Item, harness.item_id)
+        assert item is not None and item.final_label == "positive"
+
+
+def test_after_an_escalation_the_admins_answer_settles_it(harness: Harness) -> None:
+    set_task(harness, votes_required=3)
+    click(harness, "U0ANNA", 0)
+    click(harness, "U0BOB", 1)
+    click(harness, ADMIN, 1)
+    with harness.deps.services.sessions.begin() as session:
+        item = session.get(Item, harness.item_id)
+        assert item is not None and (item.final_label, item.final_source) == ("negative", "person")
+    answered = harness.client.named("chat_update")[-1]
+    assert f"by <@{ADMIN}> and <@U0BOB>" in _texts(answered)
+
+
+def test_a_spot_check_prompt_opens_and_a_person_decides(harness: Harness) -> None:
+    item_id = spot_check_item(harness, text="fine I guess", guess="positive", ts=TS + "1")
+    body = harness.body("U0ANNA")
+    body["container"]["message_ts"] = TS + "1"
+    value = ids.encode_choice(item_id, 1)
+    actions.on_label_button(Ack(), body, {"value": value}, harness.context())
+    with harness.deps.services.sessions.begin() as session:
+        answer = session.scalars(select(Answer).where(Answer.item_id == item_id)).one()
+        assert (answer.label, answer.source) == ("negative", "spot_check")
+    update = harness.client.named("chat_update")[-1]
+    assert "negative" in _texts(update) and ids.ACTION_CHANGE in _texts(update)
+
+
+def test_a_stale_override_of_an_open_spot_check_does_not_name_the_models_answer(
+    harness: Harness,
+) -> None:
+    ts = "1700000003.000100"
+    item_id = spot_check_item(harness, text="hidden", guess="positive", ts=ts)
+    body = harness.body("U0ANNA")
+    body["container"]["message_ts"] = ts
+    actions.on_reopen(Ack(), body, {"value": ids.encode_item(item_id)}, harness.context())
+    (reopened,) = harness.client.named("chat_update")
+    assert "was:" not in _texts(reopened) and "Spot check" in _texts(reopened)
+
+
+def test_contradicting_a_very_sure_model_asks_a_second_person(harness: Harness) -> None:
+    """The model was 97 % sure: one person saying otherwise does not overturn it alone."""
+    set_task(harness, threshold=0.6)
+    ts = "1700000002.000100"
+    item_id = spot_check_item(harness, text="sure thing", guess="positive", ts=ts, confidence=0.97)
+    for user in ("U0ANNA", "U0BOB"):
+        body = harness.body(user)
+        body["container"]["message_ts"] = ts
+        value = ids.encode_choice(item_id, 1)
+        actions.on_label_button(Ack(), body, {"value": value}, harness.context())
+        if user == "U0ANNA":
+            (told,) = harness.client.named("chat_postEphemeral")
+            assert "very sure of a different label" in told["text"]
+            update = harness.client.named("chat_update")[-1]
+            assert "1 of 2 agreeing answers so far" in _texts(update)
+            assert "97" not in _texts(update) and "Spot check" in _texts(update)
+            with harness.deps.services.sessions.begin() as session:
+                item = session.get(Item, item_id)
+                assert item is not None and item.final_source == "model"
+    with harness.deps.services.sessions.begin() as session:
+        item = session.get(Item, item_id)
+        assert item is not None and (item.final_label, item.final_source) == ("negative", "person")
+
+
+def test_spot_checks_below_the_target_alert_the_channel_once(harness: Harness) -> None:
+    """Precision mode at 95 %: two spot checks the model got wrong put it below the target."""
+    set_task(
+        harness,
+        target_precision=0.95,
+        precision_lower_bound=0.96,
+        threshold=0.6,
+        threshold_evidence={"reason": "evidence"},
+    )
+    items = [
+        spot_check_item(harness, text=f"text {n}", guess="positive", ts=f"1700000001.00000{n}")
+        for n in range(3)
+    ]
+    for n, item_id in enumerate(items):
+        body = harness.body(f"U0P{n}")
+        body["container"]["message_ts"] = f"1700000001.00000{n}"
+        value = ids.encode_choice(item_id, 1)  # "negative": the model was wrong
+        actions.on_label_button(Ack(), body, {"value": value}, harness.context())
+        # One wrong answer of one is not yet evidence; two are (95 % interval 0-84 %).
+        assert len(harness.client.named("chat_postMessage")) == (0 if n == 0 else 1)
+    (alert,) = harness.client.named("chat_postMessage")
+    assert alert["channel"] == CHANNEL
+    shown = _texts(alert)
+    assert "fall short of the target precision" in shown
+    assert "0 % [0-84.2 %] right on 2 spot checks" in shown and "target of 95 %" in shown
+    assert "will be raised at the next retrain" in shown and "/hitl threshold reviews" in shown
+    with harness.deps.services.sessions.begin() as session:
+        task = task_ops.get_task(session, "reviews")
+        assert task.precision_alert_at is not None
+        alarms = session.scalars(select(AuditLog).where(AuditLog.field == "precision_alert"))
+        assert len(alarms.all()) == 1
+
+
+def run(harness: Harness, text: str, user: str = "U0ANNA") -> str:
+    """`/hitl <text>` as `user`; the last reply, as text."""
+    replies: list[dict[str, Any]] = []
+    commands.on_hitl_command(
+        Ack(),
+        {"text": text, "user_id": user},
+        cast(Any, lambda **kwargs: replies.append(kwargs)),
+        harness.context(),
+    )
+    return repr(replies[-1])
+
+
+def test_target_precision_command_is_for_admins_and_says_why_nothing_is_automated(
+    harness: Harness,
+) -> None:
+    assert "only admins" in run(harness, "threshold reviews precision 95%")
+    reply = run(harness, "threshold reviews precision 95%", ADMIN)
+    assert "target precision of *95 %*" in reply and "Nothing is automated yet" in reply
+    (announced,) = harness.client.named("chat_postMessage")
+    assert announced["channel"] == CHANNEL and "95 %" in _texts(announced)
+    with harness.deps.services.sessions.begin() as session:
+        task = task_ops.get_task(session, "reviews")
+        assert task.target_precision == pytest.approx(0.95)
+    assert "aims for 95 % precision: nothing is automated yet" in run(harness, "threshold")
+    assert "out of range" in run(harness, "threshold precision 100%", ADMIN)
+    # A hand-set threshold leaves precision mode again, and says from what it changed.
+    assert "nothing automated → 0.8" in run(harness, "threshold 0.8", ADMIN)
+
+
+def test_preview_without_a_model_says_so_and_changes_nothing(harness: Harness) -> None:
+    for text in ("threshold reviews 0.5 preview", "threshold preview 0.5"):
+        assert "has no model yet" in run(harness, text)
+    assert "not a number" in run(harness, "threshold reviews preview abc")
+    with harness.deps.services.sessions.begin() as session:
+        assert task_ops.get_task(session, "reviews").threshold == pytest.approx(0.9)
+
+
+def test_spot_checks_and_votes_commands(harness: Harness) -> None:
+    assert "*2 %* of automatic answers" in run(harness, "spot-checks")
+    assert "only admins" in run(harness, "spot-checks reviews 5%")
+    assert "2 % → *5 %*" in run(harness, "spot-checks reviews 5%", ADMIN)
+    assert "out of range" in run(harness, "spot-checks 150%", ADMIN)
+    assert "Votes of *reviews*: *1*" in run(harness, "votes")
+    assert "only admins" in run(harness, "votes 2")
+    assert "1 → *2*" in run(harness, "votes reviews 2", ADMIN)
+    assert "between 1 and 10" in run(harness, "votes 11", ADMIN)
+    with harness.deps.services.sessions.begin() as session:
+        task = task_ops.get_task(session, "reviews")
+        assert task.spot_check_rate == pytest.approx(0.05) and task.votes_required == 2
+
+
+def test_stats_reviewers_shows_people_and_agreement(harness: Harness) -> None:
+    set_task(harness, votes_required=2)
+    click(harness, "U0ANNA", 0)
+    click(harness, "U0BOB", 0)
+    reply = run(harness, "stats reviewers")
+    assert "<@U0ANNA>: 1 answer" in reply and "<@U0BOB>: 1 answer" in reply
+    assert "Team agreement" in reply
+    assert "Reviewers: reviews" in run(harness, "stats reviewers reviews")
+
+
+def test_stats_and_tasks_in_precision_mode(harness: Harness) -> None:
+    run(harness, "threshold precision 95%", ADMIN)
+    stats = run(harness, "stats")
+    assert "not automating yet (target 95 % precision)" in stats
+    assert "*Spot checks*" in stats and "*Votes per item*" in stats
+    assert "not automating yet (target 95 % precision)" in run(harness, "tasks")

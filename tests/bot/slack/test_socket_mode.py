@@ -20,7 +20,6 @@ from sqlalchemy import select
 from bot import tasks as task_ops
 from bot.answers import import_examples
 from bot.demo.simulator import SlackUser
-from tests.bot.slack.socket_mode_standin import SLACK_ACK_TIMEOUT, SocketConnection, SocketModeSlack
 from bot.demo.standin import SlackStandIn
 from bot.ingest import IncomingItem
 from bot.runtime import Runtime, SlackSetupError, build_runtime, free_port
@@ -30,6 +29,7 @@ from bot.slack import ids
 from bot.storage.schema import Answer
 from bot.training import retrain_task
 from tests.bot.slack.conftest import CHANNEL, Bot, wait_for
+from tests.bot.slack.socket_mode_standin import SLACK_ACK_TIMEOUT, SocketConnection, SocketModeSlack
 from tests.conftest import TINY
 
 JsonDict = dict[str, Any]
