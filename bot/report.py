@@ -539,7 +539,11 @@ def report_lines(report: RetrainReport) -> list[str]:
             + (f" ({gain:+.3f})" if gain is not None else "")
         )
         lines.append(
-            f"routed automatically at threshold {report.threshold or 0:g}: "
+            (
+                f"routed automatically at threshold {report.threshold:g}: "
+                if report.threshold is not None
+                else "routed automatically (nothing automated yet): "
+            )
             + _change(old_t.auto_share if old_t else None, new_t.auto_share, pct=True)
             + f" (≈ {new_t.auto_per_day:.0f} of {recent.items_per_day:.0f} items a day)"
         )

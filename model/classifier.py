@@ -90,7 +90,10 @@ def build_pipeline(
         )
     else:
         classifier = CalibratedClassifierCV(
-            LinearSVC(C=0.5), method="temperature", cv=calibration_folds, ensemble=False
+            LinearSVC(C=0.5, random_state=random_state),
+            method="temperature",
+            cv=calibration_folds,
+            ensemble=False,
         )
     return Pipeline([("features", build_featurizer(featurizer)), ("classifier", classifier)])
 

@@ -27,6 +27,9 @@ DEFAULT_DELTA = 0.1
 # A label is automated only once this many of its answers exist: below that its out-of-fold
 # evidence is one or two items, and the model has barely seen it.
 MIN_ANSWERS_TO_AUTOMATE = 3
+# No threshold rests on fewer held-out answers above it than this, whatever the target: a
+# handful of lucky answers says little about the next thousand items.
+MIN_EVIDENCE_ABOVE = 50
 # A label needs two answers to enter a model (its probability calibration splits it in two).
 MIN_ANSWERS_TO_TRAIN = 2
 # From this many answers one held-out share gives ample evidence at a fifth of the cost.
@@ -120,14 +123,13 @@ def choose_threshold(
     n = len(conf)
     walks, each = 1, delta
     for count in (3, 2):
-        needed = minimum_evidence(target, delta=delta / count)
+        needed = max(minimum_evidence(target, delta=delta / count), MIN_EVIDENCE_ABOVE)
         if needed * 4 ** (count - 1) <= n:
             walks, each = count, delta / count
             break
-    needed = minimum_evidence(target, delta=each)
-    none = ThresholdChoice(
-        target, delta, None, None, 0, 0, n, minimum_evidence(target, delta=delta)
-    )
+    needed = max(minimum_evidence(target, delta=each), MIN_EVIDENCE_ABOVE)
+    fewest = max(minimum_evidence(target, delta=delta), MIN_EVIDENCE_ABOVE)
+    none = ThresholdChoice(target, delta, None, None, 0, 0, n, fewest)
     if n < needed:
         return none
     hits = np.cumsum(right)

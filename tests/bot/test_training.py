@@ -2,7 +2,7 @@
 
 import random
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -129,7 +129,9 @@ def test_report_figures_match_an_independent_recomputation(sqlite_services, bank
     assert low <= expected["accuracy"] <= high and high - low < 0.2
     # The paired comparison: only the 200 answers v1 never trained on.
     unseen = [
-        k for k, row in enumerate(evidence.rows) if (data.resolved_at[row] or v1_trained) > v1_trained
+        k
+        for k, row in enumerate(evidence.rows)
+        if (data.resolved_at[row] or v1_trained) > v1_trained
     ]
     assert len(unseen) == 200
     truth = [evidence.truth[k] for k in unseen]
@@ -380,10 +382,10 @@ def test_headlines_name_both_versions() -> None:
 
 def test_evaluate_models_pairs_both_on_answers_the_old_model_never_saw(banking77) -> None:  # type: ignore[no-untyped-def]
     rows = bank_rows(banking77, per_label=60)
-    from datetime import UTC, datetime
-
     trained_at = datetime(2026, 1, 1, tzinfo=UTC)
-    resolved = [trained_at + timedelta(minutes=1 if i % 3 == 0 else -1) for i in range(len(rows))]
+    resolved: list[datetime | None] = [
+        trained_at + timedelta(minutes=1 if i % 3 == 0 else -1) for i in range(len(rows))
+    ]
     data = LabelledData(
         list(range(1, len(rows) + 1)), [t for t, _ in rows], [lab for _, lab in rows], resolved
     )

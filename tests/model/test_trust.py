@@ -5,6 +5,7 @@ import pytest
 
 from model.trust import (
     CALIBRATION_BINS,
+    MIN_EVIDENCE_ABOVE,
     automatable_labels,
     calibration_counts,
     choose_threshold,
@@ -64,7 +65,8 @@ def test_too_little_evidence_chooses_nothing_and_says_why() -> None:
     confidences, correct = calibrated_sample(15, rng)
     choice = choose_threshold(confidences, correct, target=0.95)
     assert choice.threshold is None and choice.lower_bound is None
-    assert choice.needed == minimum_evidence(0.95) and choice.evidence == 15
+    assert choice.needed == max(minimum_evidence(0.95), MIN_EVIDENCE_ABOVE) == 50
+    assert choice.evidence == 15
     assert "not enough evidence" in choice.reason and str(choice.needed) in choice.reason
 
 
