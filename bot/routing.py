@@ -57,11 +57,6 @@ class Routed:
         }
 
 
-def route_for(confidence: float, threshold: float) -> str:
-    """`auto` when confidence reaches the threshold, else `review`."""
-    return Route.AUTO if confidence >= threshold else Route.REVIEW
-
-
 @dataclass(frozen=True)
 class AutoRule:
     """Which predictions are answered automatically.

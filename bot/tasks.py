@@ -57,11 +57,27 @@ def read_labels_file(path: Path) -> list[str]:
     return parse_labels([line for line in lines if line.strip()])
 
 
+def number_or_percent(text: str) -> float:
+    """0.85 or "85%" as 0.85; ValueError when it is neither."""
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+
+
+def audit(
+    session: Session, task: Task, field: str, old: object, new: object, *, actor: str
+) -> None:
+    """Record who changed a task setting from what to what (values as their repr)."""
+    session.add(
+        AuditLog(
+            task_id=task.id, actor=actor, field=field, old_value=repr(old), new_value=repr(new)
+        )
+    )
+
+
 def parse_threshold(raw: str | float) -> float:
     """A threshold in (0, 1]; accepts 0.85 and "85%"."""
     text = str(raw).strip()
     try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        value = number_or_percent(text)
     except ValueError:
         raise BadInputError(
             f"threshold {text!r} is not a number; give a value above 0 and at most 1, e.g. 0.8"
@@ -186,15 +202,7 @@ def set_threshold(session: Session, task: Task, value: str | float, *, actor: st
     new = parse_threshold(value)
     old = task.threshold
     if task.target_precision is not None:
-        session.add(
-            AuditLog(
-                task_id=task.id,
-                actor=actor,
-                field="target_precision",
-                old_value=repr(task.target_precision),
-                new_value=repr(None),
-            )
-        )
+        audit(session, task, "target_precision", task.target_precision, None, actor=actor)
     task.target_precision = None
     task.precision_lower_bound = None
     task.threshold_evidence = None
@@ -202,15 +210,7 @@ def set_threshold(session: Session, task: Task, value: str | float, *, actor: st
     if new != old or task.threshold_since is None:
         task.threshold_since = utcnow()
     task.threshold = new
-    session.add(
-        AuditLog(
-            task_id=task.id,
-            actor=actor,
-            field="threshold",
-            old_value=repr(old),
-            new_value=repr(new),
-        )
-    )
+    audit(session, task, "threshold", old, new, actor=actor)
     return old
 
 

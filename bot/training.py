@@ -55,7 +55,7 @@ from bot.tasks import get_task
 from bot.trust import apply_choice, live_precision, raised_threshold
 from model import ArtifactError, TextClassifier, TrainingError
 from model.intervals import Interval, bootstrap_interval, mcnemar, paired_bootstrap_difference
-from model.metrics import evaluate
+from model.metrics import evaluate, per_label_f1_of
 from model.trust import (
     MIN_ANSWERS_TO_AUTOMATE,
     FittedWithEvidence,
@@ -435,8 +435,8 @@ def label_movers(
     truth_a = np.asarray(list(truth), dtype=object)
     old_a = np.asarray(list(old_predicted), dtype=object)
     new_a = np.asarray(list(new_predicted), dtype=object)
-    old_f1 = per_label_f1_from(labels, truth_a, old_a)
-    new_f1 = per_label_f1_from(labels, truth_a, new_a)
+    old_f1 = per_label_f1_of(labels, truth, old_predicted)
+    new_f1 = per_label_f1_of(labels, truth, new_predicted)
     carried = []
     for label in labels:
         involved = (truth_a == label) | (old_a == label) | (new_a == label)
@@ -454,19 +454,6 @@ def label_movers(
     gains = [move(k) for k in reversed(ordered) if new_f1[k] > old_f1[k]][:limit]
     losses = [move(k) for k in ordered if new_f1[k] < old_f1[k]][:limit]
     return Movers(tuple(gains), tuple(losses))
-
-
-def per_label_f1_from(
-    labels: Sequence[str], truth: NDArray[np.object_], predicted: NDArray[np.object_]
-) -> dict[str, float]:
-    """F1 of each label from predicted labels (0 where a label is neither true nor guessed)."""
-    out = {}
-    for label in labels:
-        is_true, guessed = truth == label, predicted == label
-        hits = int((is_true & guessed).sum())
-        seen = int(is_true.sum() + guessed.sum())
-        out[label] = 2 * hits / seen if seen else 0.0
-    return out
 
 
 def _holdout_metrics(metrics: dict[str, float], intervals: dict[str, Interval]) -> HoldoutMetrics:

@@ -22,8 +22,8 @@ from bot.registry import ModelRegistry, active_version
 from bot.report import LivePrecision
 from bot.routing import AutoRule, effective_threshold
 from bot.states import IMPORT_USER, AnswerKind, LabelSource
-from bot.storage.schema import Answer, AuditLog, Item, Prediction, Task, utcnow
-from bot.tasks import parse_threshold
+from bot.storage.schema import Answer, Item, Prediction, Task, utcnow
+from bot.tasks import audit, number_or_percent, parse_threshold
 from model.intervals import clopper_pearson
 from model.trust import CALIBRATION_BINS, ThresholdChoice, choose_threshold, precision_above
 
@@ -36,7 +36,7 @@ def parse_share(raw: str | float, *, what: str) -> float:
     """A share in [0, 1]; accepts 0.02 and "2%"."""
     text = str(raw).strip()
     try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        value = number_or_percent(text)
     except ValueError:
         raise BadInputError(f"{what} {text!r} is not a number; give e.g. 0.02 or 2%") from None
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
@@ -48,7 +48,7 @@ def parse_precision(raw: str | float) -> float:
     """A target precision above 0.5 and below 1; accepts 0.95 and "95%"."""
     text = str(raw).strip()
     try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        value = number_or_percent(text)
     except ValueError:
         raise BadInputError(
             f"target precision {text!r} is not a number; give e.g. 0.95 or 95%"
@@ -61,20 +61,12 @@ def parse_precision(raw: str | float) -> float:
     return value
 
 
-def _audit(session: Session, task: Task, field: str, old: object, new: object, actor: str) -> None:
-    session.add(
-        AuditLog(
-            task_id=task.id, actor=actor, field=field, old_value=repr(old), new_value=repr(new)
-        )
-    )
-
-
 def set_spot_check_rate(session: Session, task: Task, value: str | float, *, actor: str) -> float:
     """Change the share of automatic answers sent for a spot check, audited; returns the old one."""
     new = parse_share(value, what="spot-check share")
     old = task.spot_check_rate
     task.spot_check_rate = new
-    _audit(session, task, "spot_check_rate", old, new, actor)
+    audit(session, task, "spot_check_rate", old, new, actor=actor)
     return old
 
 
@@ -88,7 +80,7 @@ def set_votes_required(session: Session, task: Task, value: str | int, *, actor:
         raise BadInputError(f"votes must be between 1 and {MAX_VOTES}; got {new}")
     old = task.votes_required
     task.votes_required = new
-    _audit(session, task, "votes_required", old, new, actor)
+    audit(session, task, "votes_required", old, new, actor=actor)
     return old
 
 
@@ -158,7 +150,7 @@ def set_target_precision(
     target = parse_precision(value)
     old = task.target_precision
     task.target_precision = target
-    _audit(session, task, "target_precision", old, target, actor)
+    audit(session, task, "target_precision", old, target, actor=actor)
     choice = choose_for_task(session, task, target)
     apply_choice(task, choice, now=now)
     return choice
@@ -312,7 +304,9 @@ def precision_alarm(session: Session, task: Task, *, now: datetime) -> LivePreci
     if live.n == 0 or live.high >= task.target_precision:
         return None
     task.precision_alert_at = now
-    _audit(session, task, "precision_alert", None, f"{right_share(live)} < target", "spot checks")
+    audit(
+        session, task, "precision_alert", None, f"{right_share(live)} < target", actor="spot checks"
+    )
     return live
 
 

@@ -61,9 +61,17 @@ def per_label_f1(
     """F1 of each class, keyed by label."""
     class_list = list(classes)
     predicted = np.asarray(class_list, dtype=object)[probabilities.argmax(axis=1)]
+    return per_label_f1_of(class_list, true_labels, predicted)
+
+
+def per_label_f1_of(
+    classes: Sequence[str], true_labels: Sequence[str], predicted: Sequence[str]
+) -> dict[str, float]:
+    """F1 of each class from predicted labels (0 where a label is neither true nor predicted)."""
+    class_list = list(classes)
     scores = f1_score(
-        np.asarray(true_labels, dtype=object),
-        predicted,
+        np.asarray(list(true_labels), dtype=object),
+        np.asarray(list(predicted), dtype=object),
         labels=class_list,
         average=None,
         zero_division=0,

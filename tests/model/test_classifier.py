@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from model import TrainingError, train
-from model.classifier import cross_val_probabilities
 from model.metrics import evaluate
+from model.trust import cross_fit
 from tests.conftest import TINY
 
 
@@ -71,9 +71,9 @@ def test_non_latin_texts_train_and_predict() -> None:
     assert model.predict(["最低のサービス"]).predicted == ["悪い"]
 
 
-def test_cross_val_probabilities_cover_every_row() -> None:
+def test_out_of_fold_probabilities_cover_every_row() -> None:
     texts, labels = zip(*TINY, strict=True)
-    probabilities = cross_val_probabilities(texts, labels, labels=["positive", "negative"])
+    probabilities = cross_fit(texts, labels, labels=["positive", "negative"]).probabilities
     assert probabilities.shape == (10, 2)
     assert np.allclose(probabilities.sum(axis=1), 1.0)
 
