@@ -1157,6 +1157,8 @@ class SlackStandIn:
                     result = handler(params)
                 except StandInRefusal as refusal:
                     raise _ApiError(refusal.error) from None
+                # Logged before waking anyone: a test that sees the message also sees the call.
+                self._log(method, params, 200, None, token)
                 self._changed.notify_all()
         except _ApiError as refusal:
             self._log(method, params, refusal.status, refusal.error, token)
@@ -1164,7 +1166,6 @@ class SlackStandIn:
             if refusal.detail:
                 payload["response_metadata"] = {"messages": [f"[ERROR] {refusal.detail}"]}
             return _json_reply(refusal.status, payload, refusal.headers), params
-        self._log(method, params, 200, None, token)
         return _json_reply(200, {"ok": True, **result}), params
 
     def _log(
