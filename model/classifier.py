@@ -4,6 +4,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -61,6 +62,28 @@ class TextClassifier:
         probabilities = np.zeros((n, len(self.labels)), dtype=np.float64)
         if n:
             probabilities[:, self._columns] = self.pipeline.predict_proba(list(texts))
+        return self._prediction(probabilities)
+
+    def predict_with_features(self, texts: Sequence[str]) -> tuple[Prediction, Any]:
+        """`predict` and `features` together, featurizing once where the pipeline allows."""
+        if "calibrated" in self.pipeline.named_steps or not len(texts):
+            return self.predict(texts), self.features(texts)
+        features = self.pipeline.named_steps["features"].transform(list(texts))
+        probabilities = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
+        probabilities[:, self._columns] = self.pipeline.named_steps["classifier"].predict_proba(
+            features
+        )
+        return self._prediction(probabilities), features
+
+    def features(self, texts: Sequence[str]) -> Any:
+        """The featurizer's output for `texts` (what the linear model sees): for similarity."""
+        pipeline = self.pipeline
+        if "calibrated" in pipeline.named_steps:  # a single-split model wraps the real pipeline
+            pipeline = pipeline.named_steps["calibrated"].estimator.estimator
+        return pipeline.named_steps["features"].transform(list(texts))
+
+    def _prediction(self, probabilities: NDArray[np.float64]) -> Prediction:
+        n = probabilities.shape[0]
         best = probabilities.argmax(axis=1) if n else np.zeros(0, dtype=np.intp)
         label_array = np.asarray(self.labels, dtype=object)
         return Prediction(
@@ -86,11 +109,17 @@ def build_pipeline(
     if single_split:
         # Calibration is fitted separately on a held-out share (see `train`).
         classifier: object = SGDClassifier(
-            loss="hinge", alpha=2e-5, tol=1e-3, n_jobs=2, random_state=random_state
+            loss="hinge",
+            alpha=2e-5,
+            tol=1e-3,
+            n_jobs=2,
+            random_state=random_state,
+            class_weight="balanced",
         )
     else:
         classifier = CalibratedClassifierCV(
-            LinearSVC(C=0.5, random_state=random_state),
+            # Balanced weights: 3 "spam" among 20 answers must still be learnt, not outvoted.
+            LinearSVC(C=0.5, random_state=random_state, class_weight="balanced"),
             method="temperature",
             cv=calibration_folds,
             ensemble=False,
