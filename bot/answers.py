@@ -173,7 +173,8 @@ def record_answer(
             item.escalated_at = now
             escalated = True
     if item.final_source == LabelSource.PERSON:
-        outbox.mark_answered(session, item.id, now=now)
+        # A click redraws its own message; an imported answer has the poster redraw it.
+        outbox.mark_answered(session, item.id, now=now, redraw=source == AnswerSource.IMPORT)
     return AnswerOutcome(
         answer.id,
         changed=True,

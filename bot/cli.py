@@ -20,6 +20,8 @@ from bot.answers import import_examples
 from bot.errors import BadInputError, HitlError, NotFoundError
 from bot.export import export_format, export_rows, write_export
 from bot.ingest import parse_csv, read_source
+from bot.posting_hours import PostingRules
+from bot.queue import posted_today, queue_summary, set_daily_budget, waiting_items
 from bot.registry import is_pruned, model_versions, pin_model
 from bot.report import format_report_text
 from bot.reviewers import ReviewerReport, reviewer_report
@@ -39,7 +41,7 @@ from bot.trust import (
     set_votes_required,
     threshold_state,
 )
-from model.features import DEFAULT_FEATURIZER, FEATURIZERS
+from model.features import DEFAULT_FEATURIZER, FEATURIZERS, featurizer_available
 
 
 def examples(*lines: str) -> str:
@@ -225,7 +227,11 @@ def task_create(
         ),
     ] = None,
     features: Annotated[
-        FeaturizerName, typer.Option(help="Featurizer for this task's model.")
+        FeaturizerName,
+        typer.Option(
+            help="Featurizer for this task's model; embeddings (sentence embeddings beside "
+            "tfidf) needs `pip install 'hitl-bot[embeddings]'`."
+        ),
     ] = DEFAULT_FEATURIZER,
     team: Annotated[
         str | None,
@@ -250,6 +256,10 @@ def task_create(
             "the app serves many workspaces: name the task's workspace with --team T…"
         )
     value = task_ops.parse_threshold(threshold) if threshold else svc.settings.default_threshold
+    # Some featurizers need an extra or a model file: refuse now, not at the first retrain.
+    missing = featurizer_available(features)
+    if missing is not None:
+        raise BadInputError(f"cannot use --features {features}: {missing}")
     with svc.sessions.begin() as session:
         task = task_ops.create_task(
             session,
@@ -310,8 +320,8 @@ def task_show(
         bool,
         typer.Option(
             "--json",
-            help="Print one JSON object: name, labels, channel, workspace, threshold, features, "
-            "created_at.",
+            help="Print one JSON object: name, labels, channel, workspace, threshold, "
+            "daily_budget (null: no limit), features, created_at.",
         ),
     ] = False,
 ) -> None:
@@ -324,6 +334,7 @@ def task_show(
             "channel": task.channel,
             "workspace": task.team_id,
             "threshold": task.threshold,
+            "daily_budget": task.daily_budget,
             "features": task.featurizer,
             "created_at": task.created_at.isoformat(),
         }
@@ -487,6 +498,59 @@ def task_votes(
         typer.echo(f"{name}: votes required {old} → {new}")
     else:
         typer.echo(str(new))
+
+
+@task_app.command(
+    "budget",
+    epilog=examples(
+        "hitl task budget tickets",
+        "hitl task budget tickets 50",
+        "hitl task budget tickets none --json",
+    ),
+    # So that a negative number reaches the check (and its message) instead of being an option.
+    context_settings={**_HELP_OPTIONS, "ignore_unknown_options": True},
+)
+def task_budget(
+    name: TaskName,
+    budget: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="N",
+            help="Prompts the task may post a day (a whole number from 1), or `none` (also "
+            "`unlimited`, `off`) for no limit. Leave out to show it.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help='One JSON object: {"task", "daily_budget" (null: none), "posted_today"}.'
+        ),
+    ] = False,
+) -> None:
+    """Show or set how many review prompts a task posts a day.
+
+    The day is in HITL_TIMEZONE. Prompts beyond the budget stay queued and ranked, and go out
+    the next day; the default is no limit. Every change is written to the audit log.
+    """
+    svc = services()
+    hours = PostingRules.from_settings(svc.settings).hours
+    with svc.sessions.begin() as session:
+        task = task_ops.get_task(session, name, lock=budget is not None)
+        old = task.daily_budget
+        if budget is not None:
+            set_daily_budget(session, task, budget, actor=_actor())
+        new = task.daily_budget
+        today = posted_today(session, task, hours=hours, now=utcnow())
+    if as_json:
+        echo_json({"task": name, "daily_budget": new, "posted_today": today})
+    elif budget is not None:
+        typer.echo(f"{name}: daily budget {_budget_text(old)} → {_budget_text(new)}")
+    else:
+        typer.echo(f"{_budget_text(new)} ({today} posted today)")
+
+
+def _budget_text(budget: int | None) -> str:
+    return "none" if budget is None else f"{budget} a day"
 
 
 @task_app.command(
@@ -873,6 +937,64 @@ def prompts_retry(
 
 
 @app.command(
+    "queue",
+    epilog=examples(
+        "hitl queue tickets",
+        "hitl queue tickets --limit 10",
+        "hitl queue tickets --limit 0 --json > waiting.jsonl",
+    ),
+)
+def queue_command(
+    name: TaskName,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", min=0, metavar="N", help="Show the first N items; 0 shows all of them."
+        ),
+    ] = 50,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object per item, one per line: id (your id, as in the CSV), item_id "
+            "(ours), text, predicted_label, confidence, priority.",
+        ),
+    ] = False,
+) -> None:
+    """The items waiting for a person, in the order they are asked.
+
+    First those already posted in the channel and not answered yet (longest there first), then
+    the ones not posted yet in the order the bot will post them: most uncertain first, spread
+    so that near-duplicates do not come together, older ones rising by a third of a point a
+    day. An answer from `hitl import` (same id) takes an item off the queue, as a click does.
+    """
+    with services().sessions.begin() as session:
+        task = task_ops.get_task(session, name)
+        waiting = waiting_items(session, task, limit=limit or None)
+        total = queue_summary(session, task).waiting
+    if as_json:
+        for entry in waiting:
+            echo_json(entry.as_dict())
+        return
+    if not waiting:
+        typer.echo(f"{name}: nothing waits for a person")
+        return
+    typer.echo(f"{'#':>4}  {'id':<16} {'state':<7} {'priority':>8} {'guess':<20} text")
+    for position, entry in enumerate(waiting, start=1):
+        ref = entry.external_id if entry.external_id is not None else f"#{entry.item_id}"
+        guess = "-"
+        if entry.predicted_label is not None and entry.confidence is not None:
+            guess = f"{entry.predicted_label[:14]} {entry.confidence:.0%}"
+        text = " ".join(entry.text.split())
+        typer.echo(
+            f"{position:>4}  {ref[:16]:<16} {'posted' if entry.posted else 'queued':<7} "
+            f"{entry.priority:>8.3f} {guess:<20} {text[:60] + ('…' if len(text) > 60 else '')}"
+        )
+    if total > len(waiting):
+        typer.echo(f"… and {total - len(waiting):,} more (--limit 0 shows all)")
+
+
+@app.command(
     "threshold",
     epilog=examples(
         "hitl threshold tickets",
@@ -1129,12 +1251,19 @@ def demo_command(
             "few seconds each. Default: 0.",
         ),
     ] = None,
+    features: Annotated[
+        FeaturizerName,
+        typer.Option(help="The task's featurizer; embeddings needs the [embeddings] extra."),
+    ] = DEFAULT_FEATURIZER,
 ) -> None:
     """Run the whole loop with a Slack stand-in and simulated reviewers; no Slack account needed."""
     from bot.demo.run import DemoSummary, run_demo
 
     if not web and (port is not None or reviewers is not None):
         raise typer.BadParameter("--port and --reviewers go with --web", param_hint="--web")
+    missing = featurizer_available(features)
+    if missing is not None:
+        raise BadInputError(f"cannot use --features {features}: {missing}")
     summary: DemoSummary
     if web:
         import threading
@@ -1154,6 +1283,7 @@ def demo_command(
             rate=rate,
             reviewers=reviewers or 0,
             port=port or 0,
+            featurizer=features,
         ) as demo:
             typer.echo(
                 f"open {demo.url} in a browser: click the answers, type /hitl commands; "
@@ -1186,6 +1316,7 @@ def demo_command(
                 noise=noise,
                 rate=rate,
                 progress=progress,
+                featurizer=features,
             )
             advance(total - seen[0])
 

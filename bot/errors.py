@@ -23,3 +23,9 @@ class ConflictError(HitlError):
     """The request contradicts stored data (e.g. an id reused with a different text)."""
 
     exit_code = 2
+
+
+class UnavailableError(HitlError):
+    """Something the request needs is missing here (e.g. the task's embedding model)."""
+
+    exit_code = 1

@@ -2,25 +2,29 @@
 
 pending → sending (a poster claimed it) → posted (Slack has it) → answered (a person) or
 resolved (a newer model); pending again after a retryable error; failed when Slack refuses the
-message itself. An attempt whose outcome is unknown (a timeout, a dropped connection, a poster
-killed mid-send) leaves `unconfirmed_since`: Slack may have the message, so the next attempt looks
-for it before posting again. Everything here takes a `Session`; the caller owns the transaction.
+message itself. A posted prompt nobody answered for long goes back to pending once to be posted
+again (a re-post: it keeps its old message until the new one is in). Within a task, pending
+prompts go out by priority (`bot.queue` ranks them), highest first and oldest first among equals;
+a task that has posted its daily budget waits for the next day. An attempt whose outcome is
+unknown (a timeout, a dropped connection, a poster killed mid-send) leaves `unconfirmed_since`:
+Slack may have the message, so the next attempt looks for it before posting again. Everything
+here takes a `Session`; the caller owns the transaction.
 
 When Slack refuses the token or a channel (`invalid_auth`, `not_in_channel`, …), the prompts are
 not at fault: they stay pending and a posting block (`posting_block`) stops the posts until a
 probe gets through. Blocks live here too, so that every process sees the same ones.
 """
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from bot.states import PostingScope, PromptState
+from bot.states import LabelSource, PostingScope, PromptState
 from bot.storage.bulk import insert_rows
 from bot.storage.schema import AuditLog, Item, PostingBlock, ReviewPrompt, Task
 
@@ -62,47 +66,90 @@ class PostedMessage:
 
 @dataclass(frozen=True)
 class Claim:
-    """A prompt taken for sending: its item, and since when an earlier attempt is unconfirmed."""
+    """A prompt taken for sending: its item, since when an earlier attempt is unconfirmed, and
+    for a re-post the message it replaces."""
 
     item_id: int
     unconfirmed_since: datetime | None
+    previous: PostedMessage | None = None
 
 
 @dataclass(frozen=True)
 class DuePrompt:
-    """The oldest pending prompt of a channel."""
+    """The next prompt of a channel: the highest priority pending prompt of its tasks."""
 
     prompt_id: int
     item_id: int
     channel: str
     due_at: datetime
     team_id: str | None = None
+    priority: float = 0.0
+    task_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Redraw:
+    """A posted message whose item changed without a click (an import): draw it again."""
+
+    prompt_id: int
+    item_id: int
+    channel: str
+    ts: str
+    due_at: datetime
+    team_id: str | None = None
 
 
 def enqueue(
-    session: Session, item_ids: Sequence[int], *, channel: str | None, now: datetime
+    session: Session,
+    item_ids: Sequence[int],
+    *,
+    channel: str | None,
+    now: datetime,
+    priorities: Sequence[float] | None = None,
+    task_id: int | None = None,
 ) -> None:
-    """Queue a prompt for each item routed to review."""
+    """Queue a prompt for each item routed to review, at `priorities` (default 0: in order).
+
+    `task_id` is the items' task; looked up when not given.
+    """
+    if not item_ids:
+        return
+    if task_id is None:
+        query = select(Item.id, Item.task_id).where(Item.id.in_(item_ids))
+        owners = {item: task for item, task in session.execute(query)}
+    ranks = list(priorities) if priorities is not None else [0.0] * len(item_ids)
     insert_rows(
         session,
         ReviewPrompt,
         [
             {
                 "item_id": item_id,
+                "task_id": task_id if task_id is not None else owners.get(item_id),
                 "channel": channel,
+                "priority": float(priority),
                 "next_attempt_at": now,
                 "created_at": now,
                 "updated_at": now,
                 "status": PromptState.PENDING,
                 "attempts": 0,
             }
-            for item_id in item_ids
+            for item_id, priority in zip(item_ids, ranks, strict=True)
         ],
     )
 
 
-def mark_answered(session: Session, item_id: int, *, now: datetime) -> None:
-    """A person answered: a prompt not yet sent need not be sent."""
+def mark_answered(session: Session, item_id: int, *, now: datetime, redraw: bool = False) -> None:
+    """A person answered: a prompt not yet sent need not be sent.
+
+    `redraw` (an answer that did not come from a click on the message, such as an import):
+    the poster redraws the prompt's message, as a click would have.
+    """
+    if redraw:
+        session.execute(
+            update(ReviewPrompt)
+            .where(ReviewPrompt.item_id == item_id, ReviewPrompt.message_ts.is_not(None))
+            .values(redraw_at=now)
+        )
     session.execute(
         update(ReviewPrompt)
         .where(ReviewPrompt.item_id == item_id, ReviewPrompt.status == PromptState.PENDING)
@@ -151,28 +198,67 @@ def release_stale_claims(session: Session, *, now: datetime) -> None:
     )
 
 
-def due_heads(session: Session) -> list[DuePrompt]:
-    """The oldest pending prompt of every channel (order within a channel is kept)."""
-    oldest = (
-        select(func.min(ReviewPrompt.id))
-        .join(Item, Item.id == ReviewPrompt.item_id)
-        .join(Task, Task.id == Item.task_id)
-        .where(ReviewPrompt.status == PromptState.PENDING, Task.channel.is_not(None))
-        .group_by(Task.channel)
-    )
-    rows = session.execute(
-        select(
-            ReviewPrompt.id,
-            ReviewPrompt.item_id,
-            Task.channel,
-            ReviewPrompt.next_attempt_at,
-            Task.team_id,
-        )
-        .join(Item, Item.id == ReviewPrompt.item_id)
-        .join(Task, Task.id == Item.task_id)
-        .where(ReviewPrompt.id.in_(oldest))
+def due_heads(session: Session, *, skip_tasks: Collection[int] = ()) -> list[DuePrompt]:
+    """The next prompt of every channel: the pending prompt of its tasks with the highest
+    priority, the oldest among equals. Tasks in `skip_tasks` (their budget is used up) wait.
+
+    One index lookup per task (`ix_review_prompt_queue`), however long the queues are.
+    """
+    tasks = session.execute(
+        select(Task.id, Task.channel, Task.team_id).where(Task.channel.is_not(None))
     ).all()
-    return [DuePrompt(int(r[0]), int(r[1]), str(r[2]), r[3], r[4]) for r in rows]
+    best: dict[str, DuePrompt] = {}
+    for task_id, channel, team_id in tasks:
+        if task_id in skip_tasks:
+            continue
+        row = session.execute(
+            select(
+                ReviewPrompt.id,
+                ReviewPrompt.item_id,
+                ReviewPrompt.next_attempt_at,
+                ReviewPrompt.priority,
+            )
+            .where(ReviewPrompt.task_id == task_id, ReviewPrompt.status == PromptState.PENDING)
+            .order_by(ReviewPrompt.priority.desc(), ReviewPrompt.id)
+            .limit(1)
+        ).first()
+        if row is None:
+            continue
+        head = DuePrompt(
+            int(row[0]), int(row[1]), str(channel), row[2], team_id, float(row[3]), int(task_id)
+        )
+        current = best.get(head.channel)
+        # Tasks sharing a channel take turns by the same rule: priority, then age.
+        if current is None or (-head.priority, head.prompt_id) < (
+            -current.priority,
+            current.prompt_id,
+        ):
+            best[head.channel] = head
+    return list(best.values())
+
+
+def posted_since(session: Session, task_ids: Collection[int], *, since: datetime) -> dict[int, int]:
+    """How many prompts each task posted (or re-posted) since `since`."""
+    if not task_ids:
+        return {}
+    rows = session.execute(
+        select(ReviewPrompt.task_id, func.count())
+        .where(ReviewPrompt.task_id.in_(list(task_ids)), ReviewPrompt.posted_at >= since)
+        .group_by(ReviewPrompt.task_id)
+    )
+    return {int(task_id): int(count) for task_id, count in rows if task_id is not None}
+
+
+def over_budget(session: Session, *, day_start: datetime) -> set[int]:
+    """The tasks that posted their daily budget since `day_start`: their prompts wait."""
+    query = select(Task.id, Task.daily_budget).where(Task.daily_budget.is_not(None))
+    budgets = {task_id: budget for task_id, budget in session.execute(query)}
+    posted = posted_since(session, list(budgets), since=day_start)
+    return {
+        task_id
+        for task_id, budget in budgets.items()
+        if budget is not None and posted.get(task_id, 0) >= budget
+    }
 
 
 def claim(session: Session, prompt_id: int, *, now: datetime) -> Claim | None:
@@ -185,11 +271,17 @@ def claim(session: Session, prompt_id: int, *, now: datetime) -> Claim | None:
     if claimed != 1:
         return None
     row = session.execute(
-        select(ReviewPrompt.item_id, ReviewPrompt.unconfirmed_since).where(
-            ReviewPrompt.id == prompt_id
-        )
+        select(
+            ReviewPrompt.item_id,
+            ReviewPrompt.unconfirmed_since,
+            ReviewPrompt.channel,
+            ReviewPrompt.message_ts,
+        ).where(ReviewPrompt.id == prompt_id)
     ).one()
-    return Claim(int(row[0]), row[1])
+    item_id = int(row[0])
+    # Only a re-post has a message already: the one the new message replaces.
+    previous = PostedMessage(item_id, str(row[2]), str(row[3])) if row[2] and row[3] else None
+    return Claim(item_id, row[1], previous)
 
 
 def mark_posted(session: Session, prompt_id: int, *, channel: str, ts: str, now: datetime) -> None:
@@ -215,8 +307,66 @@ def _posted(
             attempts=ReviewPrompt.attempts + attempts,
             last_error=None,
             unconfirmed_since=None,
+            posted_at=now,
             updated_at=now,
         )
+    )
+
+
+def waits_for_a_person() -> Any:
+    """The condition "its item has no final answer from a person" (a spot check still waits)."""
+    return or_(Item.final_source.is_(None), Item.final_source != LabelSource.PERSON)
+
+
+def queue_reposts(session: Session, *, posted_before: datetime, now: datetime) -> int:
+    """Prompts posted before `posted_before` and still unanswered go back to pending, to be
+    posted once more; returns how many. Each is re-posted at most once; items the admins were
+    asked to settle keep their message, where that thread is."""
+    waiting = select(Item.id).where(waits_for_a_person(), Item.escalated_at.is_(None))
+    requeued = session.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
+        update(ReviewPrompt)
+        .where(
+            ReviewPrompt.status == PromptState.POSTED,
+            ReviewPrompt.reposted_at.is_(None),
+            ReviewPrompt.posted_at < posted_before,
+            ReviewPrompt.message_ts.is_not(None),
+            ReviewPrompt.item_id.in_(waiting),
+        )
+        .values(status=PromptState.PENDING, reposted_at=now, next_attempt_at=now, updated_at=now)
+    ).rowcount
+    return int(requeued)
+
+
+def redraws_due(session: Session, *, limit: int) -> list[Redraw]:
+    """Up to `limit` posted messages to draw again from what is stored now, oldest first."""
+    rows = session.execute(
+        select(
+            ReviewPrompt.id,
+            ReviewPrompt.item_id,
+            ReviewPrompt.channel,
+            ReviewPrompt.message_ts,
+            ReviewPrompt.redraw_at,
+            Task.team_id,
+        )
+        .join(Item, Item.id == ReviewPrompt.item_id)
+        .join(Task, Task.id == Item.task_id)
+        .where(
+            ReviewPrompt.redraw_at.is_not(None),
+            ReviewPrompt.channel.is_not(None),
+            ReviewPrompt.message_ts.is_not(None),
+        )
+        .order_by(ReviewPrompt.redraw_at, ReviewPrompt.id)
+        .limit(limit)
+    ).all()
+    return [Redraw(int(r[0]), int(r[1]), str(r[2]), str(r[3]), r[4], r[5]) for r in rows if r[4]]
+
+
+def mark_redrawn(session: Session, redraw: Redraw) -> None:
+    """The message was drawn again; a newer change (a later `redraw_at`) keeps its turn."""
+    session.execute(
+        update(ReviewPrompt)
+        .where(ReviewPrompt.id == redraw.prompt_id, ReviewPrompt.redraw_at <= redraw.due_at)
+        .values(redraw_at=None)
     )
 
 

@@ -3,7 +3,8 @@
 An item is answered automatically when the task is automating (a hand-set threshold, or a
 target precision the evidence supports), its confidence reaches the threshold, and its
 predicted label has enough answers to be trusted. A share of automatic answers is also
-posted for a person to check (spot checks), without the model's guess.
+posted for a person to check (spot checks), without the model's guess. Items for people are
+queued at their uncertainty (`bot.queue`), so the poster asks the most informative first.
 """
 
 import random
@@ -18,14 +19,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot import outbox
-from bot.errors import ConflictError
+from bot.errors import ConflictError, UnavailableError
 from bot.ingest import IncomingItem, check_batch
 from bot.queries import find_by_external_ids, latest_prediction
+from bot.queue import enqueue_priorities
 from bot.registry import ModelRegistry
 from bot.states import LabelSource, Route
 from bot.storage.bulk import insert_returning_ids, insert_rows
 from bot.storage.schema import Item, ModelVersion, Prediction, Task, utcnow
 from model import Prediction as Scores
+from model.embeddings import EmbeddingModelError
 
 _PROBABILITY_DECIMALS = 5
 
@@ -177,7 +180,10 @@ def submit(
     loaded = registry.active(session, task)
     n = len(fresh)
     if loaded is not None and n:
-        prediction = loaded.classifier.predict([item.text for item in fresh])
+        try:
+            prediction = loaded.classifier.predict([item.text for item in fresh])
+        except EmbeddingModelError as exc:  # the task's embedding model is missing here
+            raise UnavailableError(f"task {task.name!r} cannot score items: {exc}") from exc
         labels: list[str | None] = list(prediction.predicted)
         confidences = prediction.confidence
         probabilities: list[list[float]] | list[None] = np.round(
@@ -236,15 +242,20 @@ def submit(
                 )
             ],
         )
+        asked = [
+            k
+            for k, (route, checked_spot) in enumerate(zip(routes, spot, strict=True))
+            if route == Route.REVIEW or checked_spot
+        ]
         outbox.enqueue(
             session,
-            [
-                i
-                for i, route, checked_spot in zip(item_ids, routes, spot, strict=True)
-                if route == Route.REVIEW or checked_spot
-            ],
+            [item_ids[k] for k in asked],
             channel=task.channel,
             now=now,
+            priorities=enqueue_priorities(
+                [probabilities[k] for k in asked], [spot[k] for k in asked]
+            ),
+            task_id=task.id,
         )
 
     made = iter(zip(item_ids, labels, confidences, routes, spot, strict=True))

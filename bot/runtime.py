@@ -14,6 +14,7 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk.errors import SlackApiError
 
 from bot.errors import HitlError
+from bot.posting_hours import PostingRules
 from bot.scheduler import NightlyRetrain
 from bot.server import build_http_app
 from bot.services import Services, build_services
@@ -221,7 +222,13 @@ def build_runtime(
     poster_client = make_web_client(
         settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, retries=False
     )
-    poster = Poster(services.sessions, poster_client, message_for, min_interval=poster_interval)
+    poster = Poster(
+        services.sessions,
+        poster_client,
+        message_for,
+        min_interval=poster_interval,
+        rules=PostingRules.from_settings(settings),
+    )
     return Runtime(
         services=services,
         deps=deps,
@@ -291,6 +298,7 @@ def _build_multi_workspace(
         message_for,
         min_interval=poster_interval,
         client_for=poster_clients.for_team,
+        rules=PostingRules.from_settings(settings),
     )
     logger.info("serving many Slack workspaces; each installs the app at /slack/install")
     return Runtime(

@@ -1,4 +1,5 @@
-"""The nightly retrain: an APScheduler cron job, safe with several replicas on one database."""
+"""The nightly retrain (an APScheduler cron job, safe with several replicas on one database) and
+the review queue's periodic re-rank (an interval job: ages move and answers leave gaps)."""
 
 import logging
 from collections.abc import Callable
@@ -7,9 +8,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from bot import tasks as task_ops
 from bot.errors import BadInputError, HitlError
+from bot.queue import RERANK_MINUTES, rerank_all
 from bot.services import Services
 from bot.states import RunStatus
 from bot.storage.schema import utcnow
@@ -18,6 +21,7 @@ from bot.training import RetrainResult, retrain_task
 logger = logging.getLogger(__name__)
 
 JOB_ID = "hitl-nightly-retrain"
+RERANK_JOB_ID = "hitl-queue-rerank"
 # A bot restarted within this long after the scheduled time still runs that night's retrain.
 MISFIRE_GRACE = timedelta(hours=6)
 
@@ -81,7 +85,9 @@ def run_all_tasks(
 
 
 class NightlyRetrain:
-    """Owns the BackgroundScheduler of a serve process."""
+    """Owns the BackgroundScheduler of a serve process: the nightly retrain, and the re-rank of
+    the review queues every `RERANK_MINUTES` (each replica's is harmless: it writes the same
+    order)."""
 
     def __init__(
         self,
@@ -104,6 +110,20 @@ class NightlyRetrain:
             max_instances=1,
             misfire_grace_time=int(MISFIRE_GRACE.total_seconds()),
         )
+        self.scheduler.add_job(
+            self._rerank,
+            IntervalTrigger(minutes=RERANK_MINUTES),
+            id=RERANK_JOB_ID,
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+        )
+
+    def _rerank(self) -> None:
+        try:
+            rerank_all(self.services.sessions, self.services.registry, now=utcnow())
+        except Exception:  # the scheduler thread's boundary: log, the next run tries again
+            logger.exception("re-ranking the review queues failed")
 
     def _fire(self, scheduled_for: datetime | None = None) -> None:
         slot = scheduled_for or self._current_slot()

@@ -21,7 +21,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot.errors import BadInputError, ConflictError, HitlError, NotFoundError
+from bot.errors import (
+    BadInputError,
+    ConflictError,
+    HitlError,
+    NotFoundError,
+    UnavailableError,
+)
 from bot.ingest import IncomingItem
 from bot.queries import item_details
 from bot.routing import submit
@@ -53,6 +59,8 @@ def _status_for(exc: HitlError) -> int:
         return 404
     if isinstance(exc, ConflictError):
         return 409
+    if isinstance(exc, UnavailableError):
+        return 503
     return 400
 
 

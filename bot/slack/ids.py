@@ -22,6 +22,7 @@ CMD_THRESHOLD: Final = "threshold"
 CMD_RETRAIN: Final = "retrain"
 CMD_SPOT_CHECKS: Final = "spot-checks"
 CMD_VOTES: Final = "votes"
+CMD_BUDGET: Final = "budget"
 # Words inside a subcommand: `threshold [task] precision 95%`, `threshold [task] 0.85 preview`
 # (or `preview 0.85`), `stats reviewers [task]`.
 ARG_PRECISION: Final = "precision"
@@ -37,6 +38,7 @@ COMMAND_WORDS: Final = (
     CMD_THRESHOLD,
     CMD_SPOT_CHECKS,
     CMD_VOTES,
+    CMD_BUDGET,
     CMD_RETRAIN,
     CMD_HELP,
 )

@@ -2,8 +2,8 @@
 
 Each channel gets at most one message per `min_interval` seconds (Slack allows about one per
 second per channel). A 429 pauses that channel for its Retry-After; server and connection
-errors back off exponentially. Prompts of one channel go out in the order they were queued:
-while the oldest cannot be sent, the ones behind it wait. Channels are independent: each has at
+errors back off exponentially. Prompts of one channel go out one by one in queue order (below):
+while the first cannot be sent, the ones behind it wait. Channels are independent: each has at
 most one send in flight, on a small pool of threads, so a channel whose sends time out holds up
 only itself.
 
@@ -27,6 +27,15 @@ workspace; a token refused there, or a workspace without an installation (uninst
 revoked), blocks that workspace only, and installing the app again lifts the block. Only a
 message Slack refuses as malformed (`invalid_blocks`, `msg_too_long`, …) marks its prompt
 `failed`; any other refusal is retried with backoff like a server error.
+
+Within a task, prompts go out by priority (`bot.queue` ranks them: uncertainty, spread, age),
+the oldest first among equals; tasks sharing a channel take turns by the same rule. `rules`
+(`PostingRules`, from the settings) hold everything back in quiet hours, let a task post at most
+its daily budget a day (in `HITL_TIMEZONE`; the rest wait, ranked, for the next day), queue a
+prompt nobody answered for `repost_after` to be posted once more (the old message becomes a
+pointer to the new one, without buttons), and post each task's daily digest of waiting items.
+Messages whose item was answered without a click (`hitl import`) are redrawn as a click would
+have. Edits are not posts: redraws go on in quiet hours.
 
 Time is injected, as stamina does for retries: `clock` (seconds, for pacing and backoff), `now`
 (the outbox's timestamps) and `wait` (the pause between rounds). In production the pause is a
@@ -52,8 +61,10 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot import outbox
+from bot import outbox, queue
+from bot.posting_hours import PostingRules
 from bot.review import ItemView, item_view
+from bot.slack import blocks as builders
 from bot.states import PostingScope
 from bot.storage.schema import utcnow
 
@@ -114,6 +125,14 @@ _MAX_BACKOFF = 60.0
 # With a channel waiting out a delay, look at the outbox at least this often anyway: prompts
 # queued by another process (`hitl submit`) do not wake this one.
 _MAX_PAUSE = 1.0
+# While quiet hours hold every post, the longest pause (nothing can go out before they end).
+_QUIET_PAUSE = 60.0
+# Seconds between looks for re-posts, digests and messages to redraw, on the poster's clock.
+_UPKEEP_EVERY = 15.0
+# Messages redrawn per look: chat.update allows about 50 a minute (Tier 3); clicks need some.
+_REDRAWS_PER_ROUND = 10
+# Slack refused a digest: the channel tries again after this long.
+_DIGEST_RETRY = 60.0
 # The message metadata that marks a review prompt (Slack's `metadata` of chat.postMessage).
 PROMPT_EVENT = "hitl_prompt"
 DUPLICATE_EVENT = "hitl_prompt_duplicate"
@@ -148,6 +167,9 @@ class PosterStats:
     found: int = 0
     duplicates: int = 0
     blocked: int = 0  # sends refused for the token or the channel (the prompt waits)
+    reposts: int = 0  # unanswered prompts posted once more
+    digests: int = 0
+    redraws: int = 0
     post_times: list[float] = field(default_factory=list)
     retry_delays: list[float] = field(default_factory=list)
 
@@ -188,8 +210,10 @@ class Poster:
         now: Callable[[], datetime] = utcnow,
         wait: Callable[[float], object] | None = None,
         client_for: ClientFor | None = None,
+        rules: PostingRules | None = None,
     ) -> None:
         self._sessions = sessions
+        self._rules = rules or PostingRules()
         self._client = client
         self._client_for = client_for
         self._build = build_message
@@ -214,6 +238,14 @@ class Poster:
         # and, on the poster's clock, when the next probe of a block that holds a prompt is due.
         self._blocks: list[outbox.Block] = []
         self._probe_at: float | None = None
+        # On the poster's clock: until when quiet hours or a used-up budget hold prompts back
+        # (so the pause is not a busy poll), and when the next upkeep look is due.
+        self._held_until: float | None = None
+        self._quiet = False
+        self._upkeep_at = 0.0
+        self._redrawing = False
+        # Digests found due at the last upkeep and not started yet (their channel was busy).
+        self._digests: list[queue.Digest] = []
         self.stats = PosterStats()
 
     def start(self) -> None:
@@ -314,7 +346,8 @@ class Poster:
         return started
 
     def pause(self) -> float:
-        """How long to wait before the next round: `tick`, longer while every channel waits."""
+        """How long to wait before the next round: `tick`, longer while every channel waits,
+        and until quiet hours end (at most a minute) while they hold every post."""
         now = self._clock()
         with self._lock:
             waits = [
@@ -324,23 +357,55 @@ class Poster:
             ]
             if self._probe_at is not None and self._probe_at > now:
                 waits.append(self._probe_at - now)
+            if self._held_until is not None:
+                waits.append(self._held_until - now)
+            longest = _QUIET_PAUSE if self._quiet else _MAX_PAUSE
         if not waits:
             return self._tick
-        return min(max(min(waits), self._tick), _MAX_PAUSE)
+        return min(max(min(waits), self._tick), longest)
 
     def run_once(self) -> int:
-        """Start a send of the oldest due prompt of each ready, idle channel; returns how many."""
+        """Start a send of the next due prompt of each ready, idle channel (and, every
+        `_UPKEEP_EVERY` seconds, queue re-posts, send due digests and redraw messages);
+        returns how many prompt sends were started."""
         now = self._now()
+        rules, hours = self._rules, self._rules.hours
+        quiet_until = hours.quiet_until(now)
         with self._lock:
             # A channel busy before the heads are read keeps its turn until the next round:
             # its send may put its prompt back at the head after the query.
             busy = {name for name, state in self._channels.items() if state.sending}
+            upkeep = self._clock() >= self._upkeep_at
+            if upkeep:
+                self._upkeep_at = self._clock() + _UPKEEP_EVERY
+        digests: list[queue.Digest] | None = None
+        redraws: list[outbox.Redraw] = []
+        held: set[int] = set()
         with self._sessions.begin() as session:
             outbox.release_stale_claims(session, now=now)
-            # Only the oldest pending prompt of a channel may go: order within a channel is kept.
-            heads = outbox.due_heads(session)
+            if upkeep and rules.repost_after is not None:
+                outbox.queue_reposts(session, posted_before=now - rules.repost_after, now=now)
+            if quiet_until is None:
+                held = outbox.over_budget(session, day_start=hours.day_start(now))
+                # Only the first pending prompt of a channel may go: the order is kept.
+                heads = outbox.due_heads(session, skip_tasks=held)
+                if upkeep and rules.digest_hour is not None:
+                    digests = queue.digests_due(
+                        session, hours=hours, hour=rules.digest_hour, now=now
+                    )
+            else:
+                heads = []
+            if upkeep and not self._redrawing:
+                redraws = outbox.redraws_due(session, limit=_REDRAWS_PER_ROUND)
             blocks = outbox.posting_blocks(session)
+        self._hold(now, quiet_until=quiet_until, budget_held=bool(held))
         self._blocks = blocks
+        if quiet_until is not None:
+            self._digests = []
+        elif digests is not None:
+            self._digests = digests
+        # A due digest takes its channel's next turn, before the channel's next prompt.
+        busy |= self._start_digests(busy, blocks)
         token = [b for b in blocks if b.scope == PostingScope.TOKEN]
         by_channel = {b.channel: b for b in blocks if b.scope == PostingScope.CHANNEL}
         probe_waits: list[float] = []
@@ -382,11 +447,7 @@ class Poster:
             with self._lock:
                 state.sending = True
                 self._sending += 1
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(
-                        self._max_parallel, thread_name_prefix="hitl-poster-send"
-                    )
-                pool = self._pool
+                pool = self._ensure_pool()
             pool.submit(
                 self._send_then_free, head.channel, head.prompt_id, state, stopping, head.team_id
             )
@@ -394,7 +455,156 @@ class Poster:
         clock = self._clock()
         with self._lock:
             self._probe_at = clock + min(probe_waits) if probe_waits else None
+        if redraws:
+            self._start_redraws(redraws)
         return started
+
+    def _hold(self, now: datetime, *, quiet_until: datetime | None, budget_held: bool) -> None:
+        """Remember what holds prompts back, for the pause: quiet hours or a used-up budget."""
+        hold: float | None = None
+        if quiet_until is not None:
+            hold = (quiet_until - now).total_seconds()
+        elif budget_held:
+            hold = (self._rules.hours.next_day_start(now) - now).total_seconds()
+        with self._lock:
+            self._quiet = quiet_until is not None
+            self._held_until = None if hold is None else self._clock() + max(hold, 0.0)
+
+    def _start_digests(self, busy: set[str], blocks: list[outbox.Block]) -> set[str]:
+        """Send each due digest whose channel is idle, ready and not blocked; returns their
+        channels. The others wait for a later round."""
+        taken: set[str] = set()
+        if not self._digests or any(b.scope == PostingScope.TOKEN for b in blocks):
+            return taken
+        stopped = {b.channel for b in blocks}
+        waiting = []
+        for digest in self._digests:
+            if digest.channel in stopped or digest.team_id in stopped:
+                continue  # blocked: the next upkeep looks again
+            if digest.channel in busy | taken or self._stop.is_set():
+                waiting.append(digest)
+                continue
+            with self._lock:
+                state = self._channels.setdefault(digest.channel, _ChannelState())
+                if (
+                    state.sending
+                    or self._clock() < state.ready_at
+                    or self._sending >= self._max_parallel
+                ):
+                    waiting.append(digest)
+                    continue
+                state.sending = True
+                self._sending += 1
+                pool = self._ensure_pool()
+            pool.submit(self._digest_then_free, digest, state)
+            taken.add(digest.channel)
+        self._digests = waiting
+        return taken
+
+    def _ensure_pool(self) -> ThreadPoolExecutor:
+        """The send pool (made on first use); call with the lock held."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                self._max_parallel, thread_name_prefix="hitl-poster-send"
+            )
+        return self._pool
+
+    def _digest_then_free(self, digest: queue.Digest, state: _ChannelState) -> None:
+        try:
+            self._send_digest(digest, state)
+        except Exception:  # thread boundary: the channel must be freed whatever went wrong
+            logger.exception("sending the digest of %s failed", digest.task_name)
+            with self._lock:
+                state.ready_at = self._clock() + _DIGEST_RETRY
+        finally:
+            with self._idle:
+                state.sending = False
+                self._sending -= 1
+                self._idle.notify_all()
+            self._wake.set()
+
+    def _send_digest(self, digest: queue.Digest, state: _ChannelState) -> None:
+        """Post a task's digest once for its day: claimed in the database first, so restarts
+        and other posters do not post it again; given back when Slack refused it."""
+        client = self._client_of(digest.team_id)
+        if client is None:
+            return
+        with self._sessions.begin() as session:
+            if not queue.claim_digest(session, digest):
+                return
+        summary = digest.summary
+        message = builders.digest_blocks(
+            digest.task_name,
+            waiting=summary.waiting,
+            in_channel=summary.in_channel,
+            oldest_since=summary.oldest_since,
+            now=self._now(),
+        )
+        started = self._clock()
+        try:
+            client.chat_postMessage(channel=digest.channel, unfurl_links=False, **message)
+        except (SlackApiError, *_TransportError) as exc:
+            # Slack answered "no", or the request never left: another round sends it. A
+            # request that may have arrived (a timeout) keeps its claim: once is the promise.
+            if isinstance(exc, SlackApiError) or _never_sent(exc):
+                with self._sessions.begin() as session:
+                    queue.release_digest(session, digest)
+            logger.warning("the digest of %s was not posted: %s", digest.task_name, exc)
+            with self._lock:
+                state.ready_at = self._clock() + _DIGEST_RETRY
+            return
+        with self._lock:
+            state.ready_at = started + self._min_interval
+            self.stats.digests += 1
+
+    def _start_redraws(self, redraws: list[outbox.Redraw]) -> None:
+        """Redraw messages in the pool, one batch at a time."""
+        with self._lock:
+            if self._redrawing or self._stop.is_set():
+                return
+            self._redrawing = True
+            self._sending += 1
+            pool = self._ensure_pool()
+        pool.submit(self._redraw_then_free, redraws)
+
+    def _redraw_then_free(self, redraws: list[outbox.Redraw]) -> None:
+        try:
+            self._redraw(redraws)
+        except Exception:  # thread boundary: the next upkeep tries again
+            logger.exception("redrawing prompt messages failed")
+        finally:
+            with self._idle:
+                self._redrawing = False
+                self._sending -= 1
+                self._idle.notify_all()
+
+    def _redraw(self, redraws: list[outbox.Redraw]) -> None:
+        """Draw each message again from what is stored; stop at the first sign of trouble."""
+        for redraw in redraws:
+            client = self._client_of(redraw.team_id)
+            if client is None:
+                continue
+            with self._sessions.begin() as session:
+                message = self._build(item_view(session, redraw.item_id))
+            try:
+                client.chat_update(channel=redraw.channel, ts=redraw.ts, **message)
+            except SlackApiError as exc:
+                status = exc.response.status_code
+                if status == 429 or status >= 500 or exc.response.get("error") in TOKEN_ERRORS:
+                    return  # Slack is busy or refuses us: the next upkeep tries again
+                # The message is gone or cannot be edited: nothing to redraw.
+                logger.warning(
+                    "could not redraw the prompt of item %d (%s)",
+                    redraw.item_id,
+                    exc.response.get("error"),
+                )
+            except _TransportError:
+                return
+            else:
+                with self._lock:
+                    self.stats.redraws += 1
+            with self._sessions.begin() as session:
+                outbox.mark_redrawn(session, redraw)
 
     def _send_then_free(
         self,
@@ -462,6 +672,8 @@ class Poster:
                 copies = []
             if copies:
                 self._keep_oldest(client, channel, prompt_id, claim.item_id, copies, state)
+                if claim.previous is not None:
+                    self._point_to(client, claim.previous, channel=channel, ts=copies[0], view=view)
                 return
         message = self._build(view)
         started = self._clock()
@@ -495,16 +707,39 @@ class Poster:
             state.ready_at = started + self._min_interval
             self.stats.posted += 1
             self.stats.post_times.append(started)
+        posted_in, ts = str(response.get("channel") or channel), str(response.get("ts"))
         with self._sessions.begin() as session:
-            outbox.mark_posted(
-                session,
-                prompt_id,
-                channel=str(response.get("channel") or channel),
-                ts=str(response.get("ts")),
-                now=self._now(),
-            )
+            outbox.mark_posted(session, prompt_id, channel=posted_in, ts=ts, now=self._now())
         if blocks:
             self._lift(blocks)
+        if claim.previous is not None:
+            self._point_to(client, claim.previous, channel=posted_in, ts=ts, view=view)
+
+    def _point_to(
+        self,
+        client: WebClient,
+        previous: outbox.PostedMessage,
+        *,
+        channel: str,
+        ts: str,
+        view: ItemView,
+    ) -> None:
+        """A re-post is in: its old message loses its buttons and points to the new one."""
+        if (previous.channel, previous.ts) == (channel, ts):
+            return
+        with self._lock:
+            self.stats.reposts += 1
+        moved_to = channel if channel != previous.channel else None
+        message = builders.reposted_pointer(view.task_name, view.text, moved_to=moved_to)
+        try:
+            client.chat_update(channel=previous.channel, ts=previous.ts, **message)
+        except (SlackApiError, *_TransportError):
+            logger.warning(
+                "could not turn %s in %s into a pointer to the re-post",
+                previous.ts,
+                previous.channel,
+                exc_info=True,
+            )
 
     def _lift(self, blocks: tuple[outbox.Block, ...]) -> None:
         """A probe got through: Slack takes the token and the channel again."""

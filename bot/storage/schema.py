@@ -1,11 +1,12 @@
 """The database schema: one DeclarativeBase, SQLAlchemy 2.0 typed mappings."""
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, ClassVar
 
 from sqlalchemy import (
     JSON,
     Boolean,
+    Date,
     DateTime,
     Dialect,
     Float,
@@ -103,6 +104,10 @@ class Task(Base):
     votes_required: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # When the channel was told that spot checks show precision below the target.
     precision_alert_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Prompts posted per day (in HITL_TIMEZONE) at most; None: no limit. The rest wait, ranked.
+    daily_budget: Mapped[int | None] = mapped_column(Integer)
+    # The local day whose digest of waiting items was sent (or claimed by a poster sending it).
+    digest_on: Mapped[date | None] = mapped_column(Date)
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp] = mapped_column(onupdate=utcnow)
 
@@ -236,11 +241,35 @@ class ReviewPrompt(Base):
     # Start of the earliest attempt whose outcome is unknown (a timeout, a dropped connection, a
     # poster killed mid-send): Slack may hold that message, so look before posting again.
     unconfirmed_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Its item's task, copied so that a task's queue is one index range (the row goes with the
+    # item); None only for prompts queued before revision 0009 that had no item any more.
+    task_id: Mapped[int | None] = mapped_column(Integer)
+    # The order people are asked in, highest first (ties: oldest): uncertainty, spread, age
+    # (`bot.queue`); 0 without a model, so arrival order.
+    priority: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # When Slack last took a message of it (the first post, or its re-post): budgets count it.
+    posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When an unanswered prompt was queued to be posted once more (it never is again).
+    reposted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Its message shows an outdated state (an answer from `hitl import`): the poster redraws it.
+    redraw_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp] = mapped_column(onupdate=utcnow)
 
     def __repr__(self) -> str:
         return f"ReviewPrompt(item_id={self.item_id!r}, status={self.status!r})"
+
+
+# "The next prompts of a task": pending ones by priority, highest first, ties oldest first.
+Index(
+    "ix_review_prompt_queue",
+    ReviewPrompt.task_id,
+    ReviewPrompt.status,
+    ReviewPrompt.priority.desc(),
+    ReviewPrompt.id,
+)
+# Prompts a task posted since the start of the day (its budget), and the oldest unanswered.
+Index("ix_review_prompt_task_posted", ReviewPrompt.task_id, ReviewPrompt.posted_at)
 
 
 class AuditLog(Base):
@@ -311,3 +340,24 @@ class PostingBlock(Base):
         return (
             f"PostingBlock({self.scope} {where}: {self.reason!r} since {self.since:%Y-%m-%d %H:%M})"
         )
+
+
+class TextVector(Base):
+    """A text's sentence embedding under one embedding model, kept so retrains reuse it.
+
+    Keys only, no text: the item rows hold the texts, and a deleted task leaves nothing here
+    that could be read back (`bot/vectors.py` writes and reads these rows).
+    """
+
+    __tablename__ = "text_vector"
+
+    # `model.embeddings.ModelFiles.key`: sha256 of the model's files and how they are run.
+    model_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # `model.embeddings.text_key`: sha256 of the text as embedded.
+    text_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # float32, little-endian.
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[Timestamp]
+
+    def __repr__(self) -> str:
+        return f"TextVector(model={self.model_key[:12]}…, text={self.text_key[:12]}…)"

@@ -310,7 +310,7 @@ def test_json_flags_say_what_they_print(hitl) -> None:  # type: ignore[no-untype
 
 
 def test_choices_are_listed_in_help(hitl) -> None:  # type: ignore[no-untyped-def]
-    assert "--features <tfidf>" in hitl("task", "create", "--help")[1]
+    assert "--features <tfidf|embeddings>" in hitl("task", "create", "--help")[1]
     assert "--format <csv|jsonl>" in hitl("export", "--help")[1]
     assert "--install-completion" in hitl("--help")[1]
 

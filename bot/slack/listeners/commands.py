@@ -1,4 +1,4 @@
-"""The `/hitl` slash command: help, tasks, stats, threshold, spot-checks, votes, retrain.
+"""The `/hitl` slash command: help, tasks, stats, threshold, spot-checks, votes, budget, retrain.
 
 Changes are for admins (HITL_ADMINS); showing, previews and stats are for anyone.
 """
@@ -14,13 +14,15 @@ from sqlalchemy.orm import Session
 
 from bot import tasks as task_ops
 from bot.errors import BadInputError, HitlError
+from bot.posting_hours import PostingRules
+from bot.queue import posted_today, set_daily_budget
 from bot.reviewers import reviewer_report
 from bot.routing import effective_threshold
 from bot.slack import blocks, ids
 from bot.slack.context import SlackDeps, deps_of
 from bot.slack.messages import preview_view, reviewers_view, stats_view
 from bot.stats import task_stats
-from bot.storage.schema import Task
+from bot.storage.schema import Task, utcnow
 from bot.training import latest_report, retrain_task
 from bot.trust import (
     live_precision,
@@ -231,6 +233,31 @@ def votes_command(
     _reply(respond, message)
 
 
+def budget_command(
+    deps: SlackDeps, args: list[str], command: dict[str, Any], respond: Respond
+) -> None:
+    """`/hitl budget [task] [n]`: show, or (admins) set, how many prompts a task posts a day
+    (`none` removes the limit); a change is audited."""
+    user = command["user_id"]
+    hours = PostingRules.from_settings(deps.services.settings).hours
+    with deps.services.sessions.begin() as session:
+        name, value = _task_and_value(session, args, team_id=deps.team_id)
+        task = _pick_task(session, name, team_id=deps.team_id)
+        old: int | None = None
+        if value is not None:
+            _require_admin(deps, user, "change the daily budget")
+            task = task_ops.get_task(session, task.name, lock=True, team_id=deps.team_id)
+            old = set_daily_budget(session, task, value, actor=user)
+        message = blocks.budget_blocks(
+            task.name,
+            task.daily_budget,
+            posted_today=posted_today(session, task, hours=hours, now=utcnow()),
+            old=old,
+            changed=value is not None,
+        )
+    _reply(respond, message)
+
+
 def retrain_command(
     deps: SlackDeps, args: list[str], command: dict[str, Any], respond: Respond
 ) -> None:
@@ -259,6 +286,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ids.CMD_THRESHOLD: threshold_command,
     ids.CMD_SPOT_CHECKS: spot_checks_command,
     ids.CMD_VOTES: votes_command,
+    ids.CMD_BUDGET: budget_command,
     ids.CMD_RETRAIN: retrain_command,
 }
 

@@ -481,3 +481,15 @@ def test_trust_commands_over_http(bot: Bot) -> None:
         "stats reviewers",
     ):
         assert usage in help_text, usage
+
+
+def test_budget_over_signed_requests_admin_sets_others_refused(bot: Bot) -> None:
+    assert "no limit" in command(bot, "U0GUS0001", "budget")
+    assert "only admins" in command(bot, "U0GUS0001", "budget 5")
+    assert "not a whole number" in command(bot, ADMIN, "budget five")
+    assert "→ *5 a day*" in command(bot, ADMIN, "budget reviews 5")
+    with bot.runtime.services.sessions.begin() as session:
+        task = session.scalars(select(Task)).one()
+        audit = session.scalars(select(AuditLog).where(AuditLog.field == "daily_budget")).all()
+    assert task.daily_budget == 5
+    assert [(a.actor, a.new_value) for a in audit] == [(ADMIN, "5")]

@@ -1,5 +1,6 @@
 """Block Kit builders: values shown, Slack's limits kept, every label reachable and decodable."""
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import replace
@@ -872,6 +873,43 @@ def test_spot_check_and_votes_replies() -> None:
     votes = blocks.votes_blocks("tickets", 2, old=1)
     assert "Votes of *tickets*: 1 → *2*: an item is resolved once 2 people" in all_text(votes)
     assert "first answer resolves" in all_text(blocks.votes_blocks("tickets", 1))
+
+
+def test_budget_replies() -> None:
+    changed = blocks.budget_blocks("tickets", 50, posted_today=3, old=None, changed=True)
+    assert "Daily prompt budget of *tickets*: no limit → *50 a day*" in all_text(changed)
+    assert "go out the next day (3 prompts posted today)" in all_text(changed)
+    shown = blocks.budget_blocks("tickets", None, posted_today=0)
+    assert "*no limit*: every item that needs a person is posted" in all_text(shown)
+
+
+def test_digest_says_how_many_wait_and_for_how_long() -> None:
+    digest = blocks.digest_blocks(
+        "tickets", waiting=14, in_channel=9, oldest_since=WHEN - timedelta(hours=30), now=WHEN
+    )
+    text = all_text(digest)
+    assert "*14 items* are waiting for an answer (the oldest has waited 30.0 h" in text
+    assert "9 in this channel, 5 still to come" in text
+    assert digest["text"] == "tickets: 14 items waiting for an answer"
+    assert_slack_accepts(digest["blocks"])
+    one = blocks.digest_blocks("t", waiting=1, in_channel=1, oldest_since=WHEN, now=WHEN)
+    assert "*1 item* is waiting for an answer (the oldest has waited 0 s)." in all_text(one)
+    hostile = blocks.digest_blocks(
+        HOSTILE[:80], waiting=2, in_channel=0, oldest_since=None, now=WHEN
+    )
+    assert "<!channel>" not in json.dumps(hostile) and "none posted yet" in all_text(hostile)
+    assert_slack_accepts(hostile["blocks"])
+
+
+def test_the_pointer_left_by_a_repost_has_no_buttons() -> None:
+    pointer = blocks.reposted_pointer("tickets", HOSTILE)
+    assert [block["type"] for block in pointer["blocks"]] == ["context", "section"]
+    assert "Asked again below* · tickets" in all_text(pointer)
+    moved = blocks.reposted_pointer("tickets", "a text", moved_to="C0OTHER01")
+    assert "Asked again in <#C0OTHER01>" in all_text(moved)
+    assert pointer["blocks"][1]["text"]["type"] == "plain_text"
+    assert len(pointer["blocks"][1]["text"]["text"]) <= 300
+    assert_slack_accepts(pointer["blocks"])
 
 
 def reviewers_view(*, count: int) -> blocks.ReviewersView:

@@ -586,3 +586,17 @@ def test_stats_and_tasks_in_precision_mode(harness: Harness) -> None:
     assert "not automating yet (target 95 % precision)" in stats
     assert "*Spot checks*" in stats and "*Votes per item*" in stats
     assert "not automating yet (target 95 % precision)" in run(harness, "tasks")
+
+
+def test_budget_command_is_for_admins_audited_and_refuses_bad_numbers(harness: Harness) -> None:
+    assert "Daily prompt budget of *reviews*: *no limit*" in run(harness, "budget")
+    assert "only admins" in run(harness, "budget reviews 20")
+    assert "not a whole number" in run(harness, "budget abc", ADMIN)
+    assert "got -1" in run(harness, "budget reviews -1", ADMIN)
+    assert "no limit → *20 a day*" in run(harness, "budget reviews 20", ADMIN)
+    assert "(1 prompt posted today)" in run(harness, "budget")  # the harness posted one
+    with harness.deps.services.sessions.begin() as session:
+        assert task_ops.get_task(session, "reviews").daily_budget == 20
+        audit = session.scalars(select(AuditLog).where(AuditLog.field == "daily_budget")).all()
+        assert [(a.actor, a.old_value, a.new_value) for a in audit] == [(ADMIN, "None", "20")]
+    assert "20 a day → *no limit*" in run(harness, "budget none", ADMIN)

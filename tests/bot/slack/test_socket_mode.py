@@ -85,6 +85,7 @@ def settings_for(database_url: str, api_url: str, *, app_token: str) -> Settings
         slack_app_token=app_token,
         slack_api_url=api_url,
         api_token=API_TOKEN,
+        digest_hour=None,  # the channel shows prompts only, whatever the hour
     )
 
 

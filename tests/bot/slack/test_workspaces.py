@@ -89,6 +89,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
             slack_client_id=slack.client_id,
             slack_client_secret=slack.client_secret,
             api_token="api-secret",
+            digest_hour=None,  # the channels show prompts only, whatever the hour
         )
         services = build_services(settings)
         with services.sessions.begin() as session:

@@ -1,0 +1,1 @@
+"""Data files the optional `embeddings` featurizer needs beside its model (no code)."""
