@@ -113,6 +113,7 @@ def run_demo(
     threshold: float = 0.8,
     random_seed: int = 7,
     progress: Callable[[int, int], None] | None = None,
+    featurizer: str = "tfidf",
 ) -> DemoSummary:
     """Run the demo end to end and return its summary.
 
@@ -122,7 +123,7 @@ def run_demo(
     started = time.monotonic()
     rng = random.Random(random_seed)
     plan = plan_demo(database, items=items, seed_per_label=seed_per_label, rng=rng)
-    with wire_demo_bot(plan, threshold=threshold, rate=rate) as bot:
+    with wire_demo_bot(plan, threshold=threshold, rate=rate, featurizer=featurizer) as bot:
         streamed = stream_items(bot, plan)
         truth, auto = streamed.truth, streamed.auto
         answers, wrong = _review(
@@ -180,7 +181,12 @@ def plan_demo(database: Path, *, items: int, seed_per_label: int, rng: random.Ra
 
 
 def wire_demo_bot(
-    plan: DemoPlan, *, threshold: float, rate: float, admins: str = REVIEWERS[0]
+    plan: DemoPlan,
+    *,
+    threshold: float,
+    rate: float,
+    admins: str = REVIEWERS[0],
+    featurizer: str = "tfidf",
 ) -> AbstractContextManager[WiredBot]:
     """The demo's bot against a stand-in: the task, its seed and a first model."""
     return wire_bot(
@@ -195,6 +201,7 @@ def wire_demo_bot(
         admins=admins,
         bot_token="xoxb-demo",
         trigger="demo",
+        featurizer=featurizer,
     )
 
 

@@ -726,6 +726,7 @@ def start_web_demo(
     reviewer_pace: float = REVIEWER_PACE,
     port: int = 0,
     random_seed: int = 7,
+    featurizer: str = "tfidf",
 ) -> Iterator[WebDemo]:
     """Start the bot, the stand-in, the items, the page (and `reviewers` simulated people).
 
@@ -739,7 +740,9 @@ def start_web_demo(
     rng = random.Random(random_seed)
     plan = plan_demo(database, items=items, seed_per_label=seed_per_label, rng=rng)
     admins = f"{REVIEWERS[0]},{WEB_USER}"
-    with wire_demo_bot(plan, threshold=threshold, rate=rate, admins=admins) as bot:
+    with wire_demo_bot(
+        plan, threshold=threshold, rate=rate, admins=admins, featurizer=featurizer
+    ) as bot:
         person = SlackUser(
             bot.events_url,
             bot.secret,

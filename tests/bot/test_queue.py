@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from bot import outbox, queue
 from bot import tasks as task_ops
@@ -17,7 +17,7 @@ from bot.routing import submit
 from bot.scheduler import RERANK_JOB_ID, NightlyRetrain
 from bot.services import Services
 from bot.states import IMPORT_USER, AnswerSource
-from bot.storage.schema import ReviewPrompt, Task
+from bot.storage.schema import Item, ReviewPrompt, Task
 from bot.training import retrain_task
 from tests.conftest import TINY
 
@@ -221,3 +221,27 @@ def test_the_serve_process_reranks_every_few_minutes(services: Services) -> None
     with services.sessions.begin() as session:
         priorities = session.scalars(select(ReviewPrompt.priority)).all()
     assert np.all(np.asarray(priorities) > 0)
+
+
+def test_items_of_a_task_whose_embedding_model_is_missing_are_refused_whole(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring fails (the embedding model is gone): a clear UnavailableError, nothing stored."""
+    from bot.errors import UnavailableError
+    from model.embeddings import EmbeddingModelError
+
+    make_task(services)
+
+    class Broken:
+        def predict(self, texts: object) -> object:
+            raise EmbeddingModelError("embedding model directory /gone does not exist")
+
+    class Loaded:
+        classifier = Broken()
+
+    monkeypatch.setattr(services.registry, "active", lambda session, task: Loaded())
+    with pytest.raises(UnavailableError, match="cannot score items: embedding model directory"):
+        queue_items(services, "a", "b")
+    with services.sessions.begin() as session:
+        assert session.scalar(select(func.count()).select_from(ReviewPrompt)) == 0
+        assert session.scalar(select(func.count()).select_from(Item)) == 0
