@@ -20,7 +20,7 @@ data. Progress goes to stderr.
 
     python bench/label_efficiency.py DATASET.csv [--features tfidf|embeddings] [--seeds 3]
         [--checkpoints 100,200,500,1000] [--round 20] [--seed-size 20] [--full] [--json]
-        [--strategies product,random]
+        [--strategies product,random] [--per-label 5,10,20]
 """
 
 import argparse
@@ -209,6 +209,17 @@ def parse_counts(raw: str) -> list[int]:
     return counts
 
 
+def parse_counts_any(raw: str) -> list[int]:
+    """`5,10,20` as sorted positive integers."""
+    try:
+        counts = sorted({int(part) for part in raw.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of counts: {raw!r}") from None
+    if not counts or counts[0] < 2:
+        raise argparse.ArgumentTypeError("answers per label are whole numbers of at least 2")
+    return counts
+
+
 def positive(raw: str) -> int:
     """A whole number of at least 1."""
     try:
@@ -317,9 +328,53 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         result["goal_met"] = 0 < needed <= GOAL_SHARE * budget
     if full:
         result["full_data"] = full
+    if args.per_label:
+        result["per_label"] = per_label_scores(data, args, n_test)
     if args.features != DEFAULT_FEATURIZER:
         result["embedding_throughput"] = embedding_throughput(data.texts)
     return result
+
+
+def per_label_scores(data: Any, args: argparse.Namespace, n_test: int) -> list[dict[str, Any]]:
+    """Test accuracy with k random answers of every label (no queue order), per featurizer."""
+    rows = len(data.texts)
+    out: list[dict[str, Any]] = []
+    for k in args.per_label:
+        for featurizer in dict.fromkeys([args.features, DEFAULT_FEATURIZER]):
+            accuracies = []
+            for seed in range(args.seeds):
+                order = np.random.default_rng(seed).permutation(rows).astype(np.intp)
+                test, pool = order[:n_test], order[n_test:]
+                taken: dict[str, int] = {}
+                chosen = []
+                for i in pool:
+                    label = data.labels[i]
+                    if taken.get(label, 0) < k:
+                        taken[label] = taken.get(label, 0) + 1
+                        chosen.append(int(i))
+                model, _ = fit(
+                    [data.texts[i] for i in chosen],
+                    [data.labels[i] for i in chosen],
+                    data.label_set,
+                    featurizer,
+                )
+                accuracy, _ = scores(
+                    model,
+                    [data.texts[i] for i in test],
+                    [data.labels[i] for i in test],
+                    data.label_set,
+                )
+                accuracies.append(accuracy)
+            out.append(
+                {
+                    "per_label": k,
+                    "features": featurizer,
+                    "accuracy": float(np.mean(accuracies)),
+                    "accuracy_min_seed": float(min(accuracies)),
+                }
+            )
+            print(f"{k} per label, {featurizer}: {out[-1]}", file=sys.stderr, flush=True)
+    return out
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -354,6 +409,11 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{name}: {seconds:.2f} s per retrain")
     for row in result.get("full_data", []):
         print(f"full data (seed {row['seed']}, {int(row['answers']):,} answers): {row}")
+    for row in result.get("per_label", []):
+        print(
+            f"{row['per_label']} random answers per label, {row['features']}: accuracy "
+            f"{row['accuracy']:.3f} (min seed {row['accuracy_min_seed']:.3f})"
+        )
     if "embedding_throughput" in result:
         t = result["embedding_throughput"]
         print(
@@ -376,6 +436,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--strategies",
         type=lambda raw: [s.strip() for s in raw.split(",") if s.strip()],
         default=["product", "random"],
+    )
+    parser.add_argument(
+        "--per-label",
+        type=parse_counts_any,
+        default=[],
+        help="also train on k random answers of every label, e.g. 5,10,20",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
