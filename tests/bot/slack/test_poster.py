@@ -21,6 +21,7 @@ import pytest
 from slack_sdk import WebClient
 from sqlalchemy import select
 
+from bot import outbox
 from bot import tasks as task_ops
 from bot.demo.standin import SlackStandIn
 from bot.ingest import IncomingItem
@@ -312,8 +313,14 @@ def test_answers_slower_than_the_timeout_leave_one_message_per_prompt(stepped: S
     assert all(float(call.params["oldest"]) < float(messages[0]["ts"]) for call in lookups)
 
 
-def test_a_channel_whose_posts_time_out_does_not_hold_up_another(stepped: Stepped) -> None:
+def test_a_channel_whose_posts_time_out_does_not_hold_up_another(
+    stepped: Stepped, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The slow channel's send hangs; the other channel's prompts go out meanwhile, paced."""
+    # The stepped clock runs ahead of real time while sends are in flight (each idle round moves
+    # it by a tick): on a slow machine the hang would outlast the stale-claim age on that clock,
+    # and the claim's release is another test's subject.
+    monkeypatch.setattr(outbox, "STALE_CLAIM", timedelta(days=1))
     # Long enough that three paced posts elsewhere fit in while the slow one hangs, even on a
     # loaded machine (pacing runs on the stepped clock; only the hang is real time).
     stepped.use_client_timeout(5.0)
