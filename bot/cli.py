@@ -1359,16 +1359,14 @@ def serve_command(
 
     Serves Slack requests and the items API, posts review prompts and retrains nightly.
     """
-    import logging
     import signal
     import threading
 
+    from bot.logs import configure_logging
     from bot.runtime import build_runtime
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = Settings()
+    configure_logging(settings.log_format)
     runtime = build_runtime(
         settings, host=host, port=port, socket_mode=socket or settings.slack_app_token is not None
     )

@@ -114,6 +114,19 @@ class ModelRegistry:
         return dumps(classifier, key=self._key, extra=extra)
 
 
+def load_active_models(session: Session, registry: ModelRegistry) -> tuple[int, int]:
+    """Load every task's active model into `registry`'s cache (so no request pays for it);
+    returns (loaded, active): fewer loaded than active means some artifact was refused."""
+    tasks = session.scalars(
+        select(Task)
+        .join(ModelVersion, ModelVersion.task_id == Task.id)
+        .where(ModelVersion.status == ModelStatus.ACTIVE)
+        .order_by(Task.name)
+    ).all()
+    loaded = sum(1 for task in tasks if registry.active(session, task) is not None)
+    return loaded, len(tasks)
+
+
 def signing_key(secret: str | None, key_file: Path) -> bytes:
     """The model signing key: the configured secret, else a random key kept in `key_file`.
 

@@ -14,7 +14,9 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk.errors import SlackApiError
 
 from bot.errors import HitlError
+from bot.metrics import CountersCollector
 from bot.posting_hours import PostingRules
+from bot.registry import load_active_models
 from bot.scheduler import NightlyRetrain
 from bot.server import build_http_app
 from bot.services import Services, build_services
@@ -35,6 +37,34 @@ class SlackSetupError(HitlError):
     exit_code = 2
 
 
+class ModelWarmup:
+    """Loads every task's active model at start, so the first request does not pay for it."""
+
+    def __init__(self) -> None:
+        self.state = "loading"  # then "ready", or "failed" (an artifact refused, no database)
+        self.loaded = 0
+
+    def run(self, services: Services) -> None:
+        """Load the models; the state says how it went (a thread's boundary: never raises)."""
+        started = time.monotonic()
+        try:
+            with services.sessions.begin() as session:
+                loaded, active = load_active_models(session, services.registry)
+        except Exception:  # a thread's boundary: readiness reports it, the log says why
+            logger.exception("loading the active models failed")
+            self.state = "failed"
+            return
+        self.loaded = loaded
+        self.state = "ready" if loaded == active else "failed"
+        logger.info(
+            "loaded %d of %d active models in %.1f s", loaded, active, time.monotonic() - started
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """What `/readyz` shows of the models."""
+        return {"loaded": self.loaded, "state": self.state}
+
+
 @dataclass
 class Runtime:
     """A running bot: HTTP server in a thread, the poster, and what they share."""
@@ -51,6 +81,19 @@ class Runtime:
     server: uvicorn.Server | None = None
     socket_handler: SocketModeHandler | None = None
     threads: list[threading.Thread] = field(default_factory=list)
+    models: ModelWarmup = field(default_factory=ModelWarmup)
+
+    def __post_init__(self) -> None:
+        stats = self.poster.stats
+        self.services.metrics.watch(
+            "prompts",
+            CountersCollector(
+                "hitl_prompts",
+                "Review prompts posted to Slack, failed, or blocked (token or channel refused).",
+                "outcome",
+                lambda: {"posted": stats.posted, "failed": stats.errors, "blocked": stats.blocked},
+            ),
+        )
 
     @property
     def url(self) -> str:
@@ -60,6 +103,24 @@ class Runtime:
     def health(self) -> dict[str, Any]:
         """What `/healthz` reports beside the database: posting to Slack, the Socket Mode link."""
         return {"posting": self.poster.health(), "socket": {"state": self.socket_state()}}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether this process may take traffic (models loaded, scheduler running when it
+        runs one, posting not blocked), and each part for `/readyz`."""
+        posting = self.poster.health()
+        scheduler = self.scheduler_state()
+        ready = (
+            self.models.state == "ready"
+            and scheduler in ("running", "off")
+            and posting.get("state") == "ok"
+        )
+        return ready, {"models": self.models.as_dict(), "scheduler": scheduler, "posting": posting}
+
+    def scheduler_state(self) -> str:
+        """`running` or `stopped` when this process schedules the nightly retrain; else `off`."""
+        if self.nightly is None:
+            return "off"
+        return "running" if self.nightly.scheduler.running else "stopped"
 
     def socket_state(self) -> str:
         """`connected` or `disconnected` in Socket Mode (slack_sdk reconnects by itself); `off`."""
@@ -78,6 +139,11 @@ class Runtime:
         """
         if self.socket_mode:
             self.socket_handler = self._open_socket()
+        warmup = threading.Thread(
+            target=self.models.run, args=(self.services,), name="hitl-models", daemon=True
+        )
+        warmup.start()
+        self.threads.append(warmup)
         self.poster.start()
         if schedule:
             deps = self.deps
@@ -95,10 +161,14 @@ class Runtime:
                 bolt_app=None if self.socket_mode else self.bolt,
                 on_review=self.poster.wake,
                 health=self.health,
+                readiness=self.readiness,
             ),
             host=self.host,
             port=self.port,
             log_level="warning",
+            # uvicorn's records go to the root logger, in HITL_LOG_FORMAT like every other line;
+            # the access lines are ours (bot.logs), with the request id.
+            log_config=None,
             access_log=False,
             timeout_graceful_shutdown=5,
         )
@@ -198,6 +268,7 @@ def build_runtime(
         base_url=settings.slack_api_url,
         # Paced by Slack's method tiers, scaled like the poster's pace (1 s: Slack's own).
         tier_scale=1.0 / poster_interval,
+        observer=services.metrics.observe_slack_call,
     )
     try:
         identity = client.auth_test()
@@ -220,7 +291,10 @@ def build_runtime(
         deps, signing_secret=secret.get_secret_value() if secret else "", listeners=listeners
     )
     poster_client = make_web_client(
-        settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, retries=False
+        settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url,
+        retries=False,
+        observer=services.metrics.observe_slack_call,
     )
     poster = Poster(
         services.sessions,
@@ -264,12 +338,13 @@ def _build_multi_workspace(
     store = installation_store(settings, services.engine)
     # No token of its own: the OAuth flow calls oauth.v2.access with it, and Bolt gives each
     # request the token of its workspace.
-    client = make_web_client(None, base_url=base_url)
+    observer = services.metrics.observe_slack_call
+    client = make_web_client(None, base_url=base_url, observer=observer)
     clients = WorkspaceClients(
         client,
         store=store,
         make=lambda token: make_web_client(
-            token, base_url=base_url, tier_scale=1.0 / poster_interval
+            token, base_url=base_url, tier_scale=1.0 / poster_interval, observer=observer
         ),
     )
     deps = SlackDeps(
@@ -288,9 +363,11 @@ def _build_multi_workspace(
         ),
     )
     poster_clients = WorkspaceClients(
-        make_web_client(None, base_url=base_url, retries=False),
+        make_web_client(None, base_url=base_url, retries=False, observer=observer),
         store=store,
-        make=lambda token: make_web_client(token, base_url=base_url, retries=False),
+        make=lambda token: make_web_client(
+            token, base_url=base_url, retries=False, observer=observer
+        ),
     )
     poster = Poster(
         services.sessions,

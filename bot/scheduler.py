@@ -2,6 +2,7 @@
 the review queue's periodic re-rank (an interval job: ages move and answers leave gaps)."""
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -64,7 +65,9 @@ def run_all_tasks(
     with services.sessions.begin() as session:
         targets = [(t.name, t.channel) for t in task_ops.list_tasks(session)]
     results = []
+    metrics = services.metrics
     for name, channel in targets:
+        started = time.perf_counter()
         try:
             result = retrain_task(
                 services.sessions,
@@ -75,9 +78,14 @@ def run_all_tasks(
                 scheduled_for=scheduled_for,
             )
         except HitlError as exc:
+            metrics.retrain_runs.labels(outcome=RunStatus.FAILED.value).inc()
+            metrics.retrain_seconds.observe(time.perf_counter() - started)
             if on_failure is not None:
                 on_failure(name, channel, str(exc))
             continue
+        metrics.retrain_runs.labels(outcome=result.status.value).inc()
+        if result.status != RunStatus.CLAIMED:  # another replica did the work
+            metrics.retrain_seconds.observe(time.perf_counter() - started)
         results.append(result)
         if on_result is not None and result.status != RunStatus.CLAIMED:
             on_result(result)

@@ -1,4 +1,4 @@
-"""The HTTP side of `hitl serve`: Slack's requests, the items API and a health check."""
+"""The HTTP side of `hitl serve`: Slack's requests, the items API, health, readiness and metrics."""
 
 import hashlib
 import hmac
@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from bot.errors import (
     BadInputError,
@@ -29,6 +30,8 @@ from bot.errors import (
     UnavailableError,
 )
 from bot.ingest import IncomingItem
+from bot.logs import RequestIdMiddleware
+from bot.metrics import CONTENT_TYPE
 from bot.queries import item_details
 from bot.routing import submit
 from bot.services import Services
@@ -165,11 +168,13 @@ def build_http_app(
     bolt_app: App | None,
     on_review: Callable[[], None] | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
-) -> Starlette:
+    readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
+) -> ASGIApp:
     """The ASGI application; `bolt_app` is None when Slack talks to us over Socket Mode.
 
-    `health` adds the serve process's own parts (posting, Socket Mode) to `/healthz`; it must
-    answer fast and never raise.
+    `health` adds the serve process's own parts (posting, Socket Mode) to `/healthz`;
+    `readiness` says whether the process's own parts (models, scheduler, posting) are ready,
+    and shows them in `/readyz`. Both must answer fast and never raise.
     """
     settings = services.settings
     secret = settings.slack_signing_secret
@@ -196,6 +201,13 @@ def build_http_app(
         )
 
     async def slack_events(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            return await handle_slack(request)
+        finally:
+            services.metrics.slack_ack.observe(time.perf_counter() - started)
+
+    async def handle_slack(request: Request) -> Response:
         if bolt_app is None:
             return _error(404, "Socket Mode is on; Slack does not send requests here")
         try:
@@ -256,6 +268,9 @@ def build_http_app(
             return _error(_status_for(exc), str(exc))
         except DBAPIError as exc:
             return _database_error(exc)
+        task_name = request.path_params["task"]
+        for result in results:
+            services.metrics.items.labels(task=task_name, route=result["route"]).inc()
         if on_review is not None and any(r["route"] == "review" for r in results):
             on_review()
         return JSONResponse({"ok": True, "items": results})
@@ -299,6 +314,22 @@ def build_http_app(
             return JSONResponse({"ok": False, "database": "unavailable", **parts}, status_code=503)
         return JSONResponse({"ok": True, "database": "ok", **parts})
 
+    async def readyz(_: Request) -> Response:
+        ready, parts = await run_in_threadpool(readiness) if readiness is not None else (True, {})
+        try:
+            await run_in_threadpool(_ping)
+        except Exception:  # a readiness check reports every failure, whatever its type
+            logger.warning("readiness check: the database does not answer", exc_info=True)
+            return JSONResponse({"ok": False, "database": "unavailable", **parts}, status_code=503)
+        return JSONResponse(
+            {"ok": ready, "database": "ok", **parts}, status_code=200 if ready else 503
+        )
+
+    async def metrics(_: Request) -> Response:
+        # The database gauges run queries: off the event loop.
+        body = await run_in_threadpool(services.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE)
+
     def _ping() -> None:
         with services.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -307,7 +338,7 @@ def build_http_app(
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
         return _error(500, "internal error; it was logged")
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/slack/events", slack_events, methods=["POST"]),
             Route(INSTALL_PATH, oauth_install, methods=["GET"]),
@@ -315,9 +346,13 @@ def build_http_app(
             Route("/api/tasks/{task}/items", post_items, methods=["POST"]),
             Route("/api/tasks/{task}/items/{item}", get_item, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={Exception: unexpected},
     )
+    # Outermost, so even the 500 of an unexpected error carries the request id.
+    return RequestIdMiddleware(app)
 
 
 def _database_error(exc: DBAPIError) -> JSONResponse:

@@ -1,10 +1,11 @@
 """The composition root: settings → engine → sessions → model registry, built once."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.metrics import Metrics
 from bot.registry import ModelRegistry, signing_key
 from bot.settings import Settings
 from bot.storage.db import make_engine, make_sessionmaker, upgrade
@@ -20,6 +21,8 @@ class Services:
     engine: Engine
     sessions: sessionmaker[Session]
     registry: ModelRegistry
+    # This process's counters; `/metrics` exports them.
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def build_services(settings: Settings, *, migrate: bool = True) -> Services:
@@ -30,11 +33,14 @@ def build_services(settings: Settings, *, migrate: bool = True) -> Services:
     sessions = make_sessionmaker(engine)
     # The `embeddings` featurizer's model (loaded on first use) and its vector cache.
     embeddings.configure(settings.embedding_model, store=DatabaseVectorStore(engine, sessions))
+    metrics = Metrics()
+    metrics.watch_database(sessions)
     return Services(
         settings=settings,
         engine=engine,
         sessions=sessions,
         registry=ModelRegistry(key=model_key(settings)),
+        metrics=metrics,
     )
 
 

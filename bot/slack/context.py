@@ -17,7 +17,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 from slack_sdk.oauth.installation_store import InstallationStore
 
 from bot.services import Services
-from bot.slack.pacing import PacedWebClient, Pacer
+from bot.slack.pacing import CallObserver, ObservedWebClient, PacedWebClient, Pacer
 
 
 class WorkspaceClients:
@@ -94,6 +94,7 @@ def make_web_client(
     timeout: float = 10,
     retries: bool = True,
     tier_scale: float | None = None,
+    observer: CallObserver | None = None,
 ) -> WebClient:
     """A Web API client that retries rate limits, 5xx answers and dropped connections.
 
@@ -102,7 +103,8 @@ def make_web_client(
 
     With `tier_scale` the client paces every call by its method's rate limit tier (Slack's rates
     times `tier_scale`; 1.0 for Slack itself), interactive calls first, and retries each 429
-    after its Retry-After until it goes through (`bot.slack.pacing`).
+    after its Retry-After until it goes through (`bot.slack.pacing`). `observer` hears of every
+    call sent (the metrics of `/metrics`).
     """
     paced = tier_scale is not None
     handlers: list[RetryHandler] = []
@@ -121,8 +123,8 @@ def make_web_client(
         "retry_handlers": handlers,
     }
     if tier_scale is None:
-        return WebClient(**options)
-    return PacedWebClient(pacer=Pacer(scale=tier_scale), **options)
+        return ObservedWebClient(observer=observer, **options)
+    return PacedWebClient(pacer=Pacer(scale=tier_scale), observer=observer, **options)
 
 
 # Where the middleware in `bot.slack.listeners.register` puts the deps in Bolt's context.

@@ -12,7 +12,8 @@ a share of the tier's rate. A call waits for a token; waiting calls go by priori
 background calls leave part of the burst free, so a click never waits behind a backlog. A 429
 pauses the method for its `Retry-After` and the call is tried again: it is delayed, never lost.
 
-`PacedWebClient` is a `WebClient` whose every call goes through a `Pacer`. The priority is a
+`ObservedWebClient` reports every call and its error (for `/metrics`); `PacedWebClient` is one
+whose every call goes through a `Pacer`. The priority is a
 context variable: interactive unless the caller runs inside `with background():`.
 """
 
@@ -228,7 +229,54 @@ def retry_after(error: SlackApiError) -> float | None:
         return DEFAULT_RETRY_AFTER
 
 
-class PacedWebClient(WebClient):
+# Told of every Web API call sent: the method, and Slack's error (or `connection`) when it failed.
+CallObserver = Callable[[str, str | None], None]
+
+
+class ObservedWebClient(WebClient):
+    """A WebClient that tells `observer` of every call it sends and how it ended."""
+
+    def __init__(self, *args: Any, observer: CallObserver | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.observer = observer
+
+    def api_call(
+        self,
+        api_method: str,
+        *,
+        http_verb: str = "POST",
+        files: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        json: dict[str, Any] | None = None,
+        headers: dict[str, Any] | None = None,
+        auth: dict[str, Any] | None = None,
+    ) -> SlackResponse:
+        """Send the call; the observer hears of it whatever the outcome."""
+        error: str | None = None
+        try:
+            return super().api_call(
+                api_method,
+                http_verb=http_verb,
+                files=files,
+                data=data,
+                params=params,
+                json=json,
+                headers=headers,
+                auth=auth,
+            )
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") or exc.response.status_code)
+            raise
+        except OSError:  # urllib's connection errors
+            error = "connection"
+            raise
+        finally:
+            if self.observer is not None:
+                self.observer(api_method, error)
+
+
+class PacedWebClient(ObservedWebClient):
     """A WebClient that waits for its method's turn before every call and retries 429s.
 
     Methods in `unpaced` go straight out (a caller that paces them itself).

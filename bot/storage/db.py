@@ -19,6 +19,9 @@ T = TypeVar("T")
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout."""
     parsed = make_url(url)
+    # A database error's message would otherwise quote the statement's parameters (item
+    # texts, bot tokens of the installation store) into every log line that reports it.
+    kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(url, **kwargs)

@@ -36,7 +36,7 @@ from bot.slack import blocks, ids
 from bot.slack.context import SlackDeps, deps_of
 from bot.slack.listeners.shortcuts import origin_channel, tell_sender
 from bot.slack.messages import message_for, prompt_input
-from bot.states import LabelSource
+from bot.states import AnswerSource, LabelSource
 from bot.storage.schema import utcnow
 from bot.trust import precision_alarm
 
@@ -212,7 +212,8 @@ def choose(deps: SlackDeps, body: dict[str, Any], value: str) -> None:
     try:
         item_id, label_index = ids.decode_choice(value)
     except ValueError:
-        logger.warning("ignored a click with an undecodable value %r", value[:100])
+        logger.warning("ignored a click with an undecodable value")
+        logger.debug("the undecodable value: %r", value[:100])
         return
     user = body["user"]["id"]
     admins = deps.services.settings.admin_ids
@@ -227,6 +228,9 @@ def choose(deps: SlackDeps, body: dict[str, Any], value: str) -> None:
         )
         # In the answer's transaction: the alarm is recorded exactly when the answer is.
         alarm = spot_check_alarm(session, view, outcome, now=now)
+    if outcome.status in (STORED, NEEDS_MORE):
+        source = AnswerSource.SPOT_CHECK if view.spot_check else AnswerSource.SLACK
+        deps.services.metrics.answers.labels(source=source.value).inc()
     if outcome.status == ALREADY_LABELLED:
         tell(deps, body, already(outcome))
     refresh(deps, body, item_id)
