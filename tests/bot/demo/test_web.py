@@ -205,6 +205,7 @@ def test_in_a_browser_a_click_answers_the_item_and_a_command_gets_its_reply(
     demo: WebDemo, tmp_path: Path
 ) -> None:
     webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -218,11 +219,23 @@ def test_in_a_browser_a_click_answers_the_item_and_a_command_gets_its_reply(
     options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
-        wait = WebDriverWait(driver, 20)
+        # The page redraws its feed as prompts arrive: an element found a moment ago may be gone.
+        wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
         driver.get(demo.url)
         label_button = f"[data-open-item] button[data-action^='{ids.ACTION_LABEL}:']"
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, label_button))
-        button = driver.find_elements(By.CSS_SELECTOR, label_button)[0]
+        # A spot check whose answer contradicts the model waits for a second opinion, so the
+        # click goes to an ordinary review prompt (spot checks rank first in the queue).
+
+        def review_buttons(d: Any) -> list[Any]:
+            return [
+                b
+                for b in d.find_elements(By.CSS_SELECTOR, label_button)
+                if "Spot check"
+                not in b.find_element(By.XPATH, "ancestor::*[@data-open-item][1]").text
+            ]
+
+        wait.until(review_buttons)
+        button = review_buttons(driver)[0]
         message = button.find_element(By.XPATH, "ancestor::*[@data-open-item][1]")
         item_id = int(message.get_attribute("data-open-item") or "")
         ts = message.get_attribute("data-ts")
