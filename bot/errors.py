@@ -29,3 +29,7 @@ class UnavailableError(HitlError):
     """Something the request needs is missing here (e.g. the task's embedding model)."""
 
     exit_code = 1
+
+
+class SchemaError(BadInputError):
+    """A request body that is valid JSON but not the shape the API takes (HTTP 422)."""

@@ -27,6 +27,7 @@ from bot.errors import (
     ConflictError,
     HitlError,
     NotFoundError,
+    SchemaError,
     UnavailableError,
 )
 from bot.ingest import IncomingItem
@@ -64,6 +65,8 @@ def _status_for(exc: HitlError) -> int:
         return 409
     if isinstance(exc, UnavailableError):
         return 503
+    if isinstance(exc, SchemaError):
+        return 422
     return 400
 
 
@@ -87,7 +90,8 @@ async def read_capped(request: Request, limit: int) -> bytes:
 
 
 def parse_items_body(raw: bytes) -> list[IncomingItem]:
-    """`{"items": [{"id": "...", "text": "..."}]}` into items, or a BadInputError."""
+    """`{"items": [{"id": "...", "text": "..."}]}` into items; a BadInputError for a body that
+    is not JSON, a SchemaError (422) for JSON of the wrong shape."""
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or a 5,000-digit number
@@ -95,20 +99,20 @@ def parse_items_body(raw: bytes) -> list[IncomingItem]:
     except RecursionError:
         raise BadInputError("body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-        raise BadInputError('body must be an object with a list "items"')
+        raise SchemaError('body must be an object with a list "items"')
     entries = body["items"]
     if len(entries) > MAX_ITEMS_PER_REQUEST:
-        raise BadInputError(f"at most {MAX_ITEMS_PER_REQUEST} items per request")
+        raise SchemaError(f"at most {MAX_ITEMS_PER_REQUEST} items per request")
     items: list[IncomingItem] = []
     for index, entry in enumerate(entries, start=1):
         if not isinstance(entry, dict) or not isinstance(entry.get("text"), str):
-            raise BadInputError(f'item {index}: needs a string "text"')
+            raise SchemaError(f'item {index}: needs a string "text"')
         external_id = entry.get("id")
         # bool is an int in Python: `true` would be stored as the id "True".
         if external_id is not None and (
             isinstance(external_id, bool) or not isinstance(external_id, str | int)
         ):
-            raise BadInputError(f'item {index}: "id" must be a string or an integer')
+            raise SchemaError(f'item {index}: "id" must be a string or an integer')
         items.append(
             IncomingItem(
                 text=entry["text"], external_id=None if external_id is None else str(external_id)

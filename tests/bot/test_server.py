@@ -40,26 +40,40 @@ def _items(services: Services) -> int:
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "status"),
     [
-        '{"items": [{"text": "\\ud800 lone"}]}',
-        '{"items": [{"text": "x", "id": ' + "9" * 5000 + "}]}",
-        '{"items": ' + "[" * 100_000 + "]" * 100_000 + "}",
-        '{"items": [{"text": "x", "id": true}]}',
-        '{"items": [{"text": "x", "id": "a\\u0000b"}]}',
-        "[1, 2]",
-        "\xff\xfe not utf-8",
-        '{"items": "nope"}',
+        ('{"items": [{"text": "\\ud800 lone"}]}', 400),
+        ('{"items": [{"text": "x", "id": ' + "9" * 5000 + "}]}", 400),
+        ('{"items": ' + "[" * 100_000 + "]" * 100_000 + "}", 400),
+        ('{"items": [{"text": "x", "id": true}]}', 422),
+        ('{"items": [{"text": "x", "id": "a\\u0000b"}]}', 400),
+        ("[1, 2]", 422),
+        ("\xff\xfe not utf-8", 400),
+        ('{"items": "nope"}', 422),
+        ('{"items": [{"id": "a"}]}', 422),
+        ('{"items": [{"text": 5}]}', 422),
     ],
-    ids=["surrogate", "5000-digits", "deep", "id-true", "nul-id", "array", "bad-utf8", "shape"],
+    ids=[
+        "surrogate",
+        "5000-digits",
+        "deep",
+        "id-true",
+        "nul-id",
+        "array",
+        "bad-utf8",
+        "shape",
+        "no-text",
+        "text-number",
+    ],
 )
-def test_malformed_items_are_400_with_the_json_error_shape(
-    served: tuple[Services, Client, Dispatches], body: str
+def test_malformed_items_are_400_and_wrong_shapes_422_with_the_json_error_shape(
+    served: tuple[Services, Client, Dispatches], body: str, status: int
 ) -> None:
+    """Not JSON (or values the product refuses): 400; JSON of the wrong shape: 422."""
     services, client, _ = served
     raw = body.encode("latin-1") if body.startswith("\xff") else body.encode()
     response = _api(client, raw)
-    assert response.status_code == 400, response.text
+    assert response.status_code == status, response.text
     assert response.json()["ok"] is False and response.json()["error"]
     assert _items(services) == 0
 
