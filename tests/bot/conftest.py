@@ -3,13 +3,15 @@
 import hashlib
 import hmac
 import http.client
+import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from pydantic import SecretStr
 from slack_bolt import App
 from slack_sdk import WebClient
 
+from bot import cli
 from bot import tasks as task_ops
 from bot.demo.standin import SlackStandIn
 from bot.runtime import free_port
@@ -137,3 +140,26 @@ def served(sqlite_services: Services) -> Iterator[tuple[Services, Client, Dispat
         app, dispatches = http_app(services, slack_url=slack.api_url)
         with serving(app) as port:
             yield services, Client(port), dispatches
+
+
+Hitl = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def hitl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Hitl]:
+    """Run `hitl ARGS...` in-process on a SQLite file in `tmp_path` (also the working
+    directory); returns (exit code, stdout, stderr)."""
+    monkeypatch.setenv("HITL_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.chdir(tmp_path)
+    cli.services.cache_clear()
+
+    def run(*args: str) -> tuple[int, str, str]:
+        err = io.StringIO()
+        code = cli.main(list(args), stderr=err)
+        captured = capsys.readouterr()
+        return code, captured.out, err.getvalue() + captured.err
+
+    yield run
+    cli.services.cache_clear()

@@ -21,23 +21,6 @@ from bot import cli
 from model.features import FEATURIZERS
 
 
-@pytest.fixture
-def hitl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    """Run `hitl ARGS...` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("HITL_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.chdir(tmp_path)
-    cli.services.cache_clear()
-
-    def run(*args: str) -> tuple[int, str, str]:
-        err = io.StringIO()
-        code = cli.main(list(args), stderr=err)
-        captured = capsys.readouterr()
-        return code, captured.out, err.getvalue() + captured.err
-
-    yield run
-    cli.services.cache_clear()
-
-
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> str:
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)

@@ -1,38 +1,22 @@
 """`hitl task create --features embeddings`: refused in one line when the model cannot load."""
 
-import io
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from bot import cli
 from bot.storage.schema import AuditLog, Task
 from model import embeddings
 from model.embeddings import DEFAULT_MODEL, INSTALL_HINT
+from tests.bot.conftest import Hitl
 
-Hitl = Callable[..., tuple[int, str, str]]
 
-
-@pytest.fixture
-def hitl(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Hitl]:
-    """Run `hitl ARGS...` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("HITL_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.chdir(tmp_path)
-    cli.services.cache_clear()
-
-    def run(*args: str) -> tuple[int, str, str]:
-        err = io.StringIO()
-        code = cli.main(list(args), stderr=err)
-        captured = capsys.readouterr()
-        return code, captured.out, err.getvalue() + captured.err
-
-    yield run
-    cli.services.cache_clear()
+@pytest.fixture(autouse=True)
+def default_embedding_model() -> Iterator[None]:
+    """Each test ends with the default embedding model configured again."""
+    yield
     embeddings.configure(None)
 
 

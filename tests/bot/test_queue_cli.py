@@ -2,43 +2,22 @@
 the queue, imported answers taking items off it, budget changes and their input errors."""
 
 import csv
-import io
 import json
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from bot import cli, outbox
+from bot import outbox
 from bot.services import Services, build_services
 from bot.settings import Settings
 from bot.storage.schema import AuditLog, ReviewPrompt, utcnow
+from tests.bot.conftest import Hitl
 from tests.bot.slack.test_poster_queue import DIFFERENT, NEAR_DUPLICATES, mixed_reviews
 
 CHANNEL = "C0QUEUE01"
 KEYS = ["id", "item_id", "text", "predicted_label", "confidence", "priority"]
-Hitl = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def hitl(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Hitl]:
-    """Run `hitl ARGS...` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("HITL_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.chdir(tmp_path)
-    cli.services.cache_clear()
-
-    def run(*args: str) -> tuple[int, str, str]:
-        err = io.StringIO()
-        code = cli.main(list(args), stderr=err)
-        captured = capsys.readouterr()
-        return code, captured.out, err.getvalue() + captured.err
-
-    yield run
-    cli.services.cache_clear()
 
 
 def ok(hitl: Hitl, *args: str) -> str:

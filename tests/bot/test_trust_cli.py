@@ -2,10 +2,8 @@
 what-if preview, spot checks, votes, model pins and reviewer figures, and their input errors."""
 
 import csv
-import io
 import json
 import random
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +22,11 @@ from bot.states import LabelSource, PromptState, Route
 from bot.storage.schema import AuditLog, Item, ReviewPrompt
 from model.intervals import clopper_pearson
 from model.trust import precision_above
+from tests.bot.conftest import Hitl
 from tests.conftest import TINY
 
 LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "cancel_transfer", "pin_blocked"]
 Rows = list[tuple[str, str]]
-Hitl = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def hitl(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Hitl]:
-    """Run `hitl ARGS...` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("HITL_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.chdir(tmp_path)
-    cli.services.cache_clear()
-
-    def run(*args: str) -> tuple[int, str, str]:
-        err = io.StringIO()
-        code = cli.main(list(args), stderr=err)
-        captured = capsys.readouterr()
-        return code, captured.out, err.getvalue() + captured.err
-
-    yield run
-    cli.services.cache_clear()
 
 
 def ok_json(hitl: Hitl, *args: str) -> Any:
