@@ -10,6 +10,11 @@ unknown (a timeout, a dropped connection, a poster killed mid-send) leaves `unco
 Slack may have the message, so the next attempt looks for it before posting again. Everything
 here takes a `Session`; the caller owns the transaction.
 
+Several replicas share one database: a claim records its replica and a lease (on PostgreSQL
+the row is taken with `FOR UPDATE SKIP LOCKED`, so two posters never wait on or take the same
+prompt), a dead replica's claims are taken over when their lease ends, and `take_turn` spaces
+the messages of a channel across every replica.
+
 When Slack refuses the token or a channel (`invalid_auth`, `not_in_channel`, …), the prompts are
 not at fault: they stay pending and a posting block (`posting_block`) stops the posts until a
 probe gets through. Blocks live here too, so that every process sees the same ones.
@@ -26,9 +31,11 @@ from sqlalchemy.orm import Session
 
 from bot.states import LabelSource, PostingScope, PromptState
 from bot.storage.bulk import insert_rows
-from bot.storage.schema import AuditLog, Item, PostingBlock, ReviewPrompt, Task
+from bot.storage.schema import AuditLog, ChannelTurn, Item, PostingBlock, ReviewPrompt, Task
 
-# A claim older than this belongs to a poster that died mid-send: the prompt goes back.
+# The default lease of a claim (`HITL_CLAIM_LEASE_SECONDS`): a prompt still `sending` after it
+# belongs to a poster that died mid-send, and goes back. A send gives up long before (its HTTP
+# timeout), so a live poster never loses a claim it still works on.
 STALE_CLAIM = timedelta(minutes=2)
 # A blocked channel (or token) is probed with one post after 30 s, then 60 s, 120 s … 15 min.
 FIRST_PROBE = 30.0
@@ -179,23 +186,69 @@ def mark_resolved(
     return [PostedMessage(int(r[0]), str(r[1]), str(r[2])) for r in posted if r[1] and r[2]]
 
 
-def release_stale_claims(session: Session, *, now: datetime) -> None:
-    """Prompts claimed by a poster that died mid-send become pending again, unconfirmed."""
-    session.execute(
+def release_stale_claims(session: Session, *, now: datetime) -> int:
+    """Prompts claimed by a poster that died mid-send (their lease ended) become pending again,
+    unconfirmed; returns how many. Claims from before leases expire by age (`STALE_CLAIM`)."""
+    expired = or_(
+        ReviewPrompt.lease_until < now,
+        (ReviewPrompt.lease_until.is_(None)) & (ReviewPrompt.updated_at < now - STALE_CLAIM),
+    )
+    return _give_back(session, (ReviewPrompt.status == PromptState.SENDING) & expired, now=now)
+
+
+def release_claims(session: Session, owner: str, *, now: datetime) -> int:
+    """Give back every prompt `owner` still holds (it is shutting down): pending again,
+    unconfirmed, so the next poster looks in Slack before posting; returns how many."""
+    held = (ReviewPrompt.status == PromptState.SENDING) & (ReviewPrompt.claimed_by == owner)
+    return _give_back(session, held, now=now)
+
+
+def _give_back(session: Session, where: Any, *, now: datetime) -> int:
+    released = session.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
         update(ReviewPrompt)
-        .where(
-            ReviewPrompt.status == PromptState.SENDING,
-            ReviewPrompt.updated_at < now - STALE_CLAIM,
-        )
+        .where(where)
         .values(
             status=PromptState.PENDING,
             # The claim's time is when that send began; Slack may have stored it since.
             unconfirmed_since=func.coalesce(
                 ReviewPrompt.unconfirmed_since, ReviewPrompt.updated_at
             ),
+            claimed_by=None,
+            lease_until=None,
             updated_at=now,
         )
-    )
+    ).rowcount
+    return int(released)
+
+
+def take_turn(session: Session, channel: str, *, now: datetime, interval: float) -> float | None:
+    """Take `channel`'s next turn to post (None), or say how many seconds until it is free.
+
+    The turn is a row per channel shared by every replica: taking it moves it `interval`
+    seconds on, so that together they post no faster than one message per `interval` to a
+    channel. Each replica's clock is used as is: replicas must keep their clocks in sync (NTP),
+    as any deployment does.
+    """
+    moved = session.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
+        update(ChannelTurn)
+        .where(ChannelTurn.channel == channel, ChannelTurn.next_at <= now)
+        .values(next_at=now + timedelta(seconds=interval))
+    ).rowcount
+    if moved == 1:
+        return None
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    inserted = session.execute(
+        dialect.insert(ChannelTurn)
+        .values(channel=channel, next_at=now + timedelta(seconds=interval))
+        .on_conflict_do_nothing()
+        .returning(ChannelTurn.channel)
+    ).first()
+    if inserted is not None:  # the channel's first message
+        return None
+    next_at = session.execute(
+        select(ChannelTurn.next_at).where(ChannelTurn.channel == channel)
+    ).scalar_one()
+    return max((next_at - now).total_seconds(), 0.0)
 
 
 def due_heads(session: Session, *, skip_tasks: Collection[int] = ()) -> list[DuePrompt]:
@@ -261,12 +314,34 @@ def over_budget(session: Session, *, day_start: datetime) -> set[int]:
     }
 
 
-def claim(session: Session, prompt_id: int, *, now: datetime) -> Claim | None:
-    """Take a pending prompt for sending; None if someone else has it or it was answered."""
+def claim(
+    session: Session,
+    prompt_id: int,
+    *,
+    now: datetime,
+    owner: str = "",
+    lease: timedelta | None = None,
+) -> Claim | None:
+    """Take a pending prompt for sending, for `owner` until `now + lease` (default
+    `STALE_CLAIM`); None if someone else has it or it was answered."""
+    # On PostgreSQL the row is locked and a row another poster is taking right now is skipped,
+    # not waited for; SQLite (one process) has no row locks and ignores the clause.
+    free = session.execute(
+        select(ReviewPrompt.id)
+        .where(ReviewPrompt.id == prompt_id, ReviewPrompt.status == PromptState.PENDING)
+        .with_for_update(skip_locked=True)
+    ).first()
+    if free is None:
+        return None
     claimed = session.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
         update(ReviewPrompt)
         .where(ReviewPrompt.id == prompt_id, ReviewPrompt.status == PromptState.PENDING)
-        .values(status=PromptState.SENDING, updated_at=now)
+        .values(
+            status=PromptState.SENDING,
+            claimed_by=owner or None,
+            lease_until=now + (STALE_CLAIM if lease is None else lease),
+            updated_at=now,
+        )
     ).rowcount
     if claimed != 1:
         return None
@@ -308,6 +383,8 @@ def _posted(
             last_error=None,
             unconfirmed_since=None,
             posted_at=now,
+            claimed_by=None,
+            lease_until=None,
             updated_at=now,
         )
     )
@@ -418,6 +495,8 @@ def _attempt_failed(
             attempts=ReviewPrompt.attempts + 1,
             last_error=reason,
             next_attempt_at=now + timedelta(seconds=delay),
+            claimed_by=None,
+            lease_until=None,
             updated_at=now,
         )
     )
@@ -428,7 +507,13 @@ def mark_blocked(session: Session, prompt_id: int, *, reason: str, now: datetime
     session.execute(
         update(ReviewPrompt)
         .where(ReviewPrompt.id == prompt_id)
-        .values(status=PromptState.PENDING, last_error=reason, updated_at=now)
+        .values(
+            status=PromptState.PENDING,
+            last_error=reason,
+            claimed_by=None,
+            lease_until=None,
+            updated_at=now,
+        )
     )
 
 

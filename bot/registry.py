@@ -4,6 +4,11 @@ Artifacts are signed with the model signing key (HITL_MODEL_SIGNING_KEY, or a ke
 first use) when stored, and checked against it when loaded: a row written by someone without
 the key is refused, and the last model this process trusted keeps serving.
 
+A serving replica loads new models in the background (`defer_loads`, `ModelRefresher`): a
+model promoted by another replica is loaded within `HITL_MODEL_REFRESH_SECONDS`, while requests
+go on with the model that was active before, so no request waits seconds for a load and none
+sees a model half loaded (a classifier is swapped in only once it is fully read and checked).
+
 Old artifacts are pruned (`prune_models`): the row, its metrics and its report stay, the bytes
 go. Pinned versions, the active one and the newest few that were ever active keep theirs.
 """
@@ -14,13 +19,14 @@ import os
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from bot.errors import BadInputError, NotFoundError
 from bot.states import ModelStatus
@@ -54,12 +60,21 @@ class ModelRegistry:
         self._cache: OrderedDict[int, TextClassifier] = OrderedDict()
         self._trusted: dict[int, LoadedModel] = {}  # per task: the last model that loaded
         self._lock = threading.Lock()
+        # Serving: a newly active version is loaded by the refresher, not by a request.
+        self._deferred = False
 
-    def active(self, session: Session, task: Task) -> LoadedModel | None:
+    def defer_loads(self) -> None:
+        """Leave loading a newly active model to `refresh` (a serving process calls this):
+        until it is loaded, the task's previous model keeps serving. A task that had no model
+        in this process still loads its first one at once (better than asking a person)."""
+        self._deferred = True
+
+    def active(self, session: Session, task: Task, *, load: bool = False) -> LoadedModel | None:
         """The task's active model, loaded (or None at cold start).
 
         An active artifact that fails its checks is refused and logged; the last model this
         process trusted for the task keeps serving, or none (every item goes to a person).
+        With `defer_loads` on, a version not loaded yet is left to the refresher unless `load`.
         """
         row = session.execute(
             select(ModelVersion.id, ModelVersion.version).where(
@@ -68,6 +83,12 @@ class ModelRegistry:
         ).first()
         if row is None:
             return None
+        previous = self._trusted.get(task.id)
+        if self._deferred and not load and previous is not None and previous.id != row.id:
+            with self._lock:
+                ready = row.id in self._cache
+            if not ready:
+                return previous
         try:
             classifier = self.load(session, row.id)
         except ArtifactError as exc:
@@ -123,8 +144,57 @@ def load_active_models(session: Session, registry: ModelRegistry) -> tuple[int, 
         .where(ModelVersion.status == ModelStatus.ACTIVE)
         .order_by(Task.name)
     ).all()
-    loaded = sum(1 for task in tasks if registry.active(session, task) is not None)
+    loaded = sum(1 for task in tasks if registry.active(session, task, load=True) is not None)
     return loaded, len(tasks)
+
+
+class ModelRefresher:
+    """Brings a serving process's models up to date every `interval` seconds: a version
+    promoted elsewhere (another replica's retrain, `hitl retrain`, a pin) is loaded in the
+    background and served from then on. `wait` is injected (tests step it); it returns True
+    when the refresher should stop."""
+
+    def __init__(
+        self,
+        sessions: "sessionmaker[Session]",
+        registry: ModelRegistry,
+        *,
+        interval: float,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._registry = registry
+        self._interval = interval
+        self._stop = threading.Event()
+        self._wait = wait or self._stop.wait
+        self._thread: threading.Thread | None = None
+        self.refreshed_at: datetime | None = None
+
+    def refresh(self) -> tuple[int, int]:
+        """Load every active model not loaded yet; returns (loaded, active)."""
+        with self._sessions.begin() as session:
+            counts = load_active_models(session, self._registry)
+        self.refreshed_at = utcnow()
+        return counts
+
+    def run(self) -> None:
+        """Refresh until stopped (a thread's boundary: a failed round is logged, not fatal)."""
+        while not self._wait(self._interval):
+            try:
+                self.refresh()
+            except Exception:  # a database hiccup: the next round tries again
+                logger.exception("refreshing the active models failed; retrying")
+
+    def start(self) -> None:
+        """Run in a daemon thread."""
+        self._thread = threading.Thread(target=self.run, name="hitl-model-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop (a load in progress finishes in its thread, which is a daemon)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
 
 
 def signing_key(secret: str | None, key_file: Path) -> bytes:

@@ -6,6 +6,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import uvicorn
@@ -16,7 +17,7 @@ from slack_sdk.errors import SlackApiError
 from bot.errors import HitlError
 from bot.metrics import CountersCollector
 from bot.posting_hours import PostingRules
-from bot.registry import load_active_models
+from bot.registry import ModelRefresher, load_active_models
 from bot.scheduler import NightlyRetrain
 from bot.server import build_http_app
 from bot.services import Services, build_services
@@ -82,6 +83,7 @@ class Runtime:
     socket_handler: SocketModeHandler | None = None
     threads: list[threading.Thread] = field(default_factory=list)
     models: ModelWarmup = field(default_factory=ModelWarmup)
+    refresher: ModelRefresher | None = None
 
     def __post_init__(self) -> None:
         stats = self.poster.stats
@@ -142,8 +144,16 @@ class Runtime:
         warmup = threading.Thread(
             target=self.models.run, args=(self.services,), name="hitl-models", daemon=True
         )
+        # From now on a model promoted elsewhere is loaded by the refresher, in the background.
+        self.services.registry.defer_loads()
         warmup.start()
         self.threads.append(warmup)
+        self.refresher = ModelRefresher(
+            self.services.sessions,
+            self.services.registry,
+            interval=self.services.settings.model_refresh_seconds,
+        )
+        self.refresher.start()
         self.poster.start()
         if schedule:
             deps = self.deps
@@ -214,6 +224,8 @@ class Runtime:
         if self.listeners is not None:
             self.listeners.shutdown(wait=True)  # clicks already acked finish their work
         self.poster.stop()
+        if self.refresher is not None:
+            self.refresher.stop()
         if self.nightly is not None:
             self.nightly.stop()
         self.deps.background.shutdown(wait=False, cancel_futures=True)
@@ -302,6 +314,8 @@ def build_runtime(
         message_for,
         min_interval=poster_interval,
         rules=PostingRules.from_settings(settings),
+        lease=timedelta(seconds=settings.claim_lease_seconds),
+        shared_pacing=True,
     )
     return Runtime(
         services=services,
@@ -376,6 +390,8 @@ def _build_multi_workspace(
         min_interval=poster_interval,
         client_for=poster_clients.for_team,
         rules=PostingRules.from_settings(settings),
+        lease=timedelta(seconds=settings.claim_lease_seconds),
+        shared_pacing=True,
     )
     logger.info("serving many Slack workspaces; each installs the app at /slack/install")
     return Runtime(

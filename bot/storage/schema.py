@@ -253,6 +253,10 @@ class ReviewPrompt(Base):
     reposted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Its message shows an outdated state (an answer from `hitl import`): the poster redraws it.
     redraw_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    # While `sending`: the replica that holds it, and until when; after that another replica
+    # may take it over (the holder died mid-send). Empty for claims older than revision 0011.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp] = mapped_column(onupdate=utcnow)
 
@@ -340,6 +344,19 @@ class PostingBlock(Base):
         return (
             f"PostingBlock({self.scope} {where}: {self.reason!r} since {self.since:%Y-%m-%d %H:%M})"
         )
+
+
+class ChannelTurn(Base):
+    """When a channel may take its next message: shared, so that several replicas together keep
+    Slack's pace of about one message a second per channel (`outbox.take_turn`)."""
+
+    __tablename__ = "channel_turn"
+
+    channel: Mapped[str] = mapped_column(String(32), primary_key=True)
+    next_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"ChannelTurn({self.channel} at {self.next_at:%H:%M:%S.%f})"
 
 
 class TextVector(Base):
