@@ -90,7 +90,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         connection.execute(
             text(
                 "TRUNCATE task, item, prediction, answer, model_version, review_prompt, "
-                "audit_log, retrain_run, posting_block, text_vector, channel_turn RESTART IDENTITY CASCADE"
+                "audit_log, retrain_run, posting_block, text_vector, channel_turn "
+                "RESTART IDENTITY CASCADE"
             )
         )
     engine.dispose()
