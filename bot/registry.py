@@ -47,6 +47,7 @@ class LoadedModel:
     id: int
     version: int
     classifier: TextClassifier
+    sha256: str = ""  # of its artifact: a row id alone can be reused on SQLite
 
 
 class ModelRegistry:
@@ -57,8 +58,11 @@ class ModelRegistry:
             raise ValueError("the model signing key must be at least 16 bytes")
         self._key = key
         self._capacity = capacity
-        self._cache: OrderedDict[int, TextClassifier] = OrderedDict()
-        self._trusted: dict[int, LoadedModel] = {}  # per task: the last model that loaded
+        # Keyed by row id *and* artifact hash, and tasks by id *and* creation time: SQLite hands
+        # the ids of deleted rows (`hitl task delete`) to new ones, which must not find the old
+        # model here.
+        self._cache: OrderedDict[tuple[int, str], TextClassifier] = OrderedDict()
+        self._trusted: dict[tuple[int, datetime], LoadedModel] = {}  # per task: the last loaded
         self._lock = threading.Lock()
         # Serving: a newly active version is loaded by the refresher, not by a request.
         self._deferred = False
@@ -77,22 +81,28 @@ class ModelRegistry:
         With `defer_loads` on, a version not loaded yet is left to the refresher unless `load`.
         """
         row = session.execute(
-            select(ModelVersion.id, ModelVersion.version).where(
+            select(ModelVersion.id, ModelVersion.version, ModelVersion.artifact_sha256).where(
                 ModelVersion.task_id == task.id, ModelVersion.status == ModelStatus.ACTIVE
             )
         ).first()
         if row is None:
             return None
-        previous = self._trusted.get(task.id)
-        if self._deferred and not load and previous is not None and previous.id != row.id:
+        key = (task.id, task.created_at)
+        previous = self._trusted.get(key)
+        if (
+            self._deferred
+            and not load
+            and previous is not None
+            and (previous.id, previous.sha256) != (row.id, row.artifact_sha256)
+        ):
             with self._lock:
-                ready = row.id in self._cache
+                ready = (row.id, row.artifact_sha256) in self._cache
             if not ready:
                 return previous
         try:
-            classifier = self.load(session, row.id)
+            classifier = self.load(session, row.id, sha256=row.artifact_sha256)
         except ArtifactError as exc:
-            fallback = self._trusted.get(task.id)
+            fallback = self._trusted.get(key)
             logger.error(
                 "task %s: model v%d refused (%s); %s",
                 task.name,
@@ -101,16 +111,26 @@ class ModelRegistry:
                 f"v{fallback.version} keeps serving" if fallback else "every item goes to review",
             )
             return fallback
-        loaded = LoadedModel(id=row.id, version=row.version, classifier=classifier)
-        self._trusted[task.id] = loaded
+        loaded = LoadedModel(
+            id=row.id, version=row.version, classifier=classifier, sha256=row.artifact_sha256
+        )
+        self._trusted[key] = loaded
         return loaded
 
-    def load(self, session: Session, model_version_id: int) -> TextClassifier:
-        """The classifier of a model version, from cache or from its stored artifact."""
+    def load(
+        self, session: Session, model_version_id: int, *, sha256: str | None = None
+    ) -> TextClassifier:
+        """The classifier of a model version (whose artifact hash is `sha256`, looked up when
+        not given), from cache or from its stored artifact."""
+        if sha256 is None:
+            sha256 = session.execute(
+                select(ModelVersion.artifact_sha256).where(ModelVersion.id == model_version_id)
+            ).scalar_one()
+        cache_key = (model_version_id, sha256)
         with self._lock:
-            cached = self._cache.get(model_version_id)
+            cached = self._cache.get(cache_key)
             if cached is not None:
-                self._cache.move_to_end(model_version_id)
+                self._cache.move_to_end(cache_key)
                 return cached
         version, data, meta = session.execute(
             select(ModelVersion.version, ModelVersion.artifact, ModelVersion.artifact_meta).where(
@@ -125,7 +145,7 @@ class ModelRegistry:
             )
         classifier = loads(bytes(data), meta, key=self._key)
         with self._lock:
-            self._cache[model_version_id] = classifier
+            self._cache[cache_key] = classifier
             while len(self._cache) > self._capacity:
                 self._cache.popitem(last=False)
         return classifier

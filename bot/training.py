@@ -931,9 +931,10 @@ def _run(
         # One transaction: the model, the queue it resolved and the run's report land together.
         _record_run(session, run_id, report, old=old_version, new=version)
     if decision.promote:
-        # Serve the new model from the cache at once; the registry reloads by id anyway.
+        # Serve the new model at once, and trust it: should its row later fail its checks (a
+        # forged artifact), this process keeps serving it.
         with sessions.begin() as session:
-            registry.load(session, model_id)
+            registry.active(session, get_task(session, name), load=True)
     return RetrainResult(
         name,
         report.status,
