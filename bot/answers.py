@@ -8,13 +8,14 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot import outbox
+from bot import outbox, webhooks
 from bot.errors import BadInputError, NotFoundError
 from bot.ingest import IncomingItem, check_batch, describe_labels
 from bot.queries import MAX_ITEM_ID, decide_final, find_by_external_ids
 from bot.states import IMPORT_USER, AnswerKind, AnswerSource, LabelSource
 from bot.storage.bulk import insert_returning_ids, insert_rows
 from bot.storage.schema import Answer, Item, Prediction, Task, utcnow
+from bot.webhooks import Resolution
 
 # A model this sure that a person contradicts gets a second person's opinion.
 VERY_SURE = 0.9
@@ -88,7 +89,18 @@ def first_prediction(session: Session, item_id: int) -> Prediction | None:
 def refresh_final(
     session: Session, item: Item, *, now: datetime, admins: frozenset[str] = frozenset()
 ) -> None:
-    """Recompute an item's final label from its current human answers."""
+    """Recompute an item's final label from its current human answers; a changed result is
+    queued for the task's webhook in the same transaction."""
+    before = (item.final_label, item.final_source)
+    decided = _settle(session, item, now=now, admins=admins)
+    if (item.final_label, item.final_source) != before:
+        webhooks.record_change(session, item, decided=decided, now=now)
+
+
+def _settle(
+    session: Session, item: Item, *, now: datetime, admins: frozenset[str]
+) -> Answer | None:
+    """Set an item's final label from its answers; returns the deciding answer, if any."""
     decided = decide_with_votes(
         current_answers(session, item.id),
         needed=votes_needed(item),
@@ -104,11 +116,12 @@ def refresh_final(
                 item.final_label = routed.label if routed else None
                 item.final_source = LabelSource.MODEL if routed else None
                 item.resolved_at = item.submitted_at if routed else None
-        return
+        return None
     if item.final_source != LabelSource.PERSON or item.resolved_at is None:
         item.resolved_at = now
     item.final_label = decided.label
     item.final_source = LabelSource.PERSON
+    return decided
 
 
 def record_answer(
@@ -273,5 +286,25 @@ def import_examples(
                 for item_id, row in zip(item_ids, fresh, strict=True)
             ],
         )
+        if task.webhook_url is not None:
+            webhooks.record_resolutions(
+                session,
+                task,
+                [
+                    Resolution(
+                        item_id=item_id,
+                        external_id=row.external_id,
+                        route=None,
+                        final_label=row.label,
+                        label_source=LabelSource.PERSON,
+                        source="import",
+                        resolved_at=now,
+                        answered_by=IMPORT_USER,
+                        answered_at=now,
+                    )
+                    for item_id, row in zip(item_ids, fresh, strict=True)
+                ],
+                now=now,
+            )
         written += len(fresh)
     return ImportOutcome(items_created=len(fresh), answers_written=written, unchanged=unchanged)

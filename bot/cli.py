@@ -14,7 +14,7 @@ import typer.core
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
-from bot import outbox
+from bot import outbox, webhooks
 from bot import tasks as task_ops
 from bot.answers import import_examples
 from bot.errors import BadInputError, HitlError, NotFoundError
@@ -321,7 +321,8 @@ def task_show(
         typer.Option(
             "--json",
             help="Print one JSON object: name, labels, channel, workspace, threshold, "
-            "daily_budget (null: no limit), features, created_at.",
+            "daily_budget (null: no limit), features, webhook (its URL; null: none), "
+            "created_at.",
         ),
     ] = False,
 ) -> None:
@@ -336,6 +337,7 @@ def task_show(
             "threshold": task.threshold,
             "daily_budget": task.daily_budget,
             "features": task.featurizer,
+            "webhook": task.webhook_url,
             "created_at": task.created_at.isoformat(),
         }
     if as_json:
@@ -551,6 +553,78 @@ def task_budget(
 
 def _budget_text(budget: int | None) -> str:
     return "none" if budget is None else f"{budget} a day"
+
+
+@task_app.command(
+    "webhook",
+    epilog=examples(
+        "hitl task webhook tickets https://example.com/hooks/hitl",
+        "hitl task webhook tickets",
+        "hitl task webhook tickets --rotate-secret",
+        "hitl task webhook tickets none",
+    ),
+)
+def task_webhook(
+    name: TaskName,
+    url: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="URL",
+            help="Where to POST each resolved item's result (https:// or http://), or `none` "
+            "to stop. Leave out to show the webhook and its deliveries.",
+        ),
+    ] = None,
+    rotate_secret: Annotated[
+        bool,
+        typer.Option("--rotate-secret", help="Make a new signing secret (printed once)."),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help='One JSON object: {"task", "url" (null: none), "secret" (only when a new one '
+            'was made, else null), "deliveries": {"pending", "delivered", "failed", '
+            '"cancelled"}, "last_error"}.',
+        ),
+    ] = False,
+) -> None:
+    """Show or set the URL a task's results are POSTed to, signed, as items resolve.
+
+    Each result (by the model, a person, a spot check, a vote or an import; again on a later
+    correction) is sent as JSON with an X-Hitl-Signature header, retried for a day until the
+    receiver answers 2xx. The signing secret is made with the first URL and printed once;
+    keep it where the receiver can read it. Every change is written to the audit log.
+    """
+    remove = url is not None and url.strip().lower() in ("none", "off")
+    changes = url is not None or rotate_secret
+    if remove and rotate_secret:
+        raise BadInputError("give either `none` or --rotate-secret, not both")
+    secret: str | None = None
+    with services().sessions.begin() as session:
+        task = task_ops.get_task(session, name, lock=changes)
+        old = task.webhook_url
+        if remove:
+            webhooks.remove_webhook(session, task, actor=_actor())
+        elif url is not None:
+            secret = webhooks.set_webhook(
+                session, task, url, actor=_actor(), rotate_secret=rotate_secret
+            )
+        elif rotate_secret:
+            secret = webhooks.rotate_webhook_secret(session, task, actor=_actor())
+        state = webhooks.webhook_state(session, task)
+    if as_json:
+        echo_json({"task": name, "url": state["url"], "secret": secret, **state})
+        return
+    if changes:
+        typer.echo(f"{name}: webhook {old or 'none'} → {state['url'] or 'none'}")
+        if secret is not None:
+            typer.echo(f"signing secret (shown once): {secret}")
+        return
+    deliveries = state["deliveries"]
+    typer.echo(state["url"] or "none")
+    typer.echo(", ".join(f"{count} {status}" for status, count in deliveries.items()))
+    if state["last_error"]:
+        typer.echo(f"last error: {state['last_error']}")
 
 
 @task_app.command(

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot import outbox
+from bot import outbox, webhooks
 from bot.errors import ConflictError, UnavailableError
 from bot.ingest import IncomingItem, check_batch
 from bot.queries import find_by_external_ids, latest_prediction
@@ -27,6 +27,7 @@ from bot.registry import ModelRegistry
 from bot.states import LabelSource, Route
 from bot.storage.bulk import insert_returning_ids, insert_rows
 from bot.storage.schema import Item, ModelVersion, Prediction, Task, utcnow
+from bot.webhooks import Resolution
 from model import Prediction as Scores
 from model.embeddings import EmbeddingModelError
 
@@ -242,6 +243,28 @@ def submit(
                 )
             ],
         )
+        # Only a task with a webhook pays for its events (a submit may hold 10,000 items).
+        if task.webhook_url is not None:
+            webhooks.record_resolutions(
+                session,
+                task,
+                [
+                    Resolution.by_model(
+                        item_id,
+                        item.external_id,
+                        route=route,
+                        label=label,
+                        confidence=float(confidence),
+                        model_version=version,
+                        at=now,
+                    )
+                    for item_id, item, label, confidence, route in zip(
+                        item_ids, fresh, labels, confidences, routes, strict=True
+                    )
+                    if route == Route.AUTO
+                ],
+                now=now,
+            )
         asked = [
             k
             for k, (route, checked_spot) in enumerate(zip(routes, spot, strict=True))

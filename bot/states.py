@@ -51,6 +51,16 @@ class PromptState(StrEnum):
     FAILED = "failed"
 
 
+class DeliveryState(StrEnum):
+    """The outbox life of a webhook event: pending → delivered, or failed after a day of
+    retries, or cancelled when its task's webhook is removed (only `bot.webhooks` moves them)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 class PostingScope(StrEnum):
     """What a posting block stops: every post (Slack refuses the token) or one channel's."""
 

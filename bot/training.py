@@ -22,7 +22,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot import outbox
+from bot import outbox, webhooks
 from bot.errors import HitlError
 from bot.queries import LabelCounts, label_counts, recent_texts
 from bot.queue import rerank as rerank_queue
@@ -55,6 +55,7 @@ from bot.storage.schema import (
 )
 from bot.tasks import get_task
 from bot.trust import apply_choice, live_precision, raised_threshold
+from bot.webhooks import Resolution
 from model import ArtifactError, TextClassifier, TrainingError
 from model.intervals import Interval, bootstrap_interval, mcnemar, paired_bootstrap_difference
 from model.metrics import evaluate, per_label_f1_of
@@ -693,7 +694,7 @@ def _rescore_queue(
         .exists()
     )
     open_items = session.execute(
-        select(Item.id, Item.text).where(
+        select(Item.id, Item.text, Item.external_id).where(
             Item.task_id == task.id,
             Item.route == Route.REVIEW,
             Item.final_source.is_(None),
@@ -723,14 +724,28 @@ def _rescore_queue(
             for i in sure
         ],
     )
+    resolved: list[Resolution] = []
     for i in sure:
-        session.execute(
+        changed = session.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
             update(Item)
             .where(Item.id == int(open_items[i].id), Item.final_source.is_(None), ~answered)
             .values(
                 final_label=prediction.predicted[i], final_source=LabelSource.MODEL, resolved_at=now
             )
-        )
+        ).rowcount
+        if changed:  # not answered in the meantime
+            resolved.append(
+                Resolution.by_model(
+                    int(open_items[i].id),
+                    open_items[i].external_id,
+                    route=Route.REVIEW,
+                    label=prediction.predicted[i],
+                    confidence=float(prediction.confidence[i]),
+                    model_version=version,
+                    at=now,
+                )
+            )
+    webhooks.record_resolutions(session, task, resolved, now=now)
     updates = [
         MessageToUpdate(m.item_id, m.channel, m.ts)
         for m in outbox.mark_resolved(session, resolved_ids, now=now)

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
-from bot.states import AnswerKind, AnswerSource, PromptState
+from bot.states import AnswerKind, AnswerSource, DeliveryState, PromptState
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -108,6 +108,9 @@ class Task(Base):
     daily_budget: Mapped[int | None] = mapped_column(Integer)
     # The local day whose digest of waiting items was sent (or claimed by a poster sending it).
     digest_on: Mapped[date | None] = mapped_column(Date)
+    # Where each resolved item's result is POSTed (`bot.webhooks`), and the key that signs it.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_secret: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp] = mapped_column(onupdate=utcnow)
 
@@ -274,6 +277,46 @@ Index(
 )
 # Prompts a task posted since the start of the day (its budget), and the oldest unanswered.
 Index("ix_review_prompt_task_posted", ReviewPrompt.task_id, ReviewPrompt.posted_at)
+
+
+class WebhookDelivery(Base):
+    """Durable outbox of webhook events: one row per result of an item, sent by `bot.webhooks`.
+
+    Written in the transaction that resolves the item, so a result is never lost; the body is
+    the event as it happened (a later correction is a new row, with the next `sequence`).
+    """
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        UniqueConstraint("item_id", "sequence", name="uq_webhook_delivery_item_sequence"),
+        Index("ix_webhook_delivery_due", "status", "next_attempt_at"),
+        Index("ix_webhook_delivery_task_status", "task_id", "status"),
+    )
+
+    id: Mapped[IntPK]
+    # The idempotency key receivers see (`X-Hitl-Delivery`): the same on every retry.
+    delivery_id: Mapped[str] = mapped_column(String(32), unique=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id", ondelete="CASCADE"))
+    # The item's events are numbered 1, 2, …: event n+1 waits until event n is delivered.
+    sequence: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[Timestamp]
+    # While a worker sends it: which one, and until when (then another may take it over).
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[Timestamp]
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return (
+            f"WebhookDelivery(item_id={self.item_id!r}, #{self.sequence}, {self.status}, "
+            f"attempts={self.attempts})"
+        )
 
 
 class AuditLog(Base):
