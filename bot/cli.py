@@ -695,6 +695,137 @@ def task_models(
         )
 
 
+@task_app.command(
+    "delete",
+    epilog=examples("hitl task delete tickets", "hitl task delete tickets --yes --json"),
+)
+def task_delete(
+    name: TaskName,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask; needed when stdin is not a terminal.")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON object: the task and the rows deleted."),
+    ] = False,
+) -> None:
+    """Delete a task and everything of it: items, answers, prompts, models, retrain runs.
+
+    Cannot be undone; `hitl export` first keeps the labels. The deletion is written to the
+    audit log. Prompts already in Slack stay there; a click on one says the item was deleted.
+    """
+    from bot import retention
+
+    with services().sessions.begin() as session:
+        task = task_ops.get_task(session, name, lock=True)
+        found = retention.footprint(session, task)
+        _confirm(
+            f"Delete task {name} and its {found.items} items, {found.answers} answers, "
+            f"{found.models} models?",
+            yes=yes,
+        )
+        removed = retention.delete_task(session, task, actor=_actor())
+    if as_json:
+        echo_json({"task": name, "deleted": removed.as_dict()})
+    else:
+        typer.echo(
+            f"deleted task {name}: {removed.items} items, {removed.answers} answers, "
+            f"{removed.model_versions} models"
+        )
+
+
+@task_app.command(
+    "purge",
+    epilog=examples(
+        "hitl task purge tickets --before 2024-01-01 --export old.jsonl",
+        "hitl task purge tickets --before 2024-01-01T00:00:00+00:00 --yes --json",
+    ),
+)
+def task_purge(
+    name: TaskName,
+    before: Annotated[
+        str,
+        typer.Option(
+            "--before",
+            metavar="DATE",
+            help="Delete items submitted before this ISO date or datetime (HITL_TIMEZONE "
+            "unless it has an offset).",
+        ),
+    ],
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            metavar="FILE",
+            help="First write those items with their labels and answers here (.csv or .jsonl, "
+            "as `hitl export`); nothing is deleted unless it was written in full.",
+        ),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask; needed when stdin is not a terminal.")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON object: the task, the cutoff, rows deleted."),
+    ] = False,
+) -> None:
+    """Delete a task's items submitted before a date, with their answers and prompts.
+
+    The task, its models and its settings stay. Everything happens in one transaction, and
+    the purge is written to the audit log.
+    """
+    from bot import retention
+    from bot.posting_hours import parse_time_zone
+
+    svc = services()
+    zone = parse_time_zone(svc.settings.timezone)
+    cutoff = retention.parse_before(before, zone=zone, now=utcnow())
+    chosen = export_format(str(export), None) if export is not None else None
+    with svc.sessions.begin() as session:
+        task = task_ops.get_task(session, name, lock=True)
+        found = retention.footprint(session, task, before=cutoff)
+        _confirm(
+            f"Delete {found.items} items of task {name} submitted before {cutoff.isoformat()}, "
+            f"with their {found.answers} answers"
+            + (f" and {found.open_prompts} open review prompts" if found.open_prompts else "")
+            + "?",
+            yes=yes,
+        )
+        exported = None
+        if export is not None and chosen is not None:
+            # In the purge's transaction: the file holds exactly the items deleted below.
+            with _atomic_write(export) as out:
+                rows = export_rows(session, task, submitted_before=cutoff)
+                exported = write_export(rows, out, fmt=chosen)
+        removed = retention.purge_items(session, task, before=cutoff, actor=_actor())
+    if as_json:
+        echo_json(
+            {
+                "task": name,
+                "before": cutoff.isoformat(),
+                "exported": exported,
+                "deleted": removed.as_dict(),
+            }
+        )
+        return
+    if exported is not None:
+        typer.echo(f"exported {exported} items to {export}", err=True)
+    typer.echo(
+        f"{name}: deleted {removed.items} items submitted before {cutoff.isoformat()} "
+        f"({removed.answers} answers, {removed.review_prompts} prompts)"
+    )
+
+
+def _confirm(question: str, *, yes: bool) -> None:
+    """Ask on a terminal; without one, refuse unless --yes was given (nothing is changed)."""
+    if yes:
+        return
+    if not _is_terminal(sys.stdin):
+        raise BadInputError(f"{question.rstrip('?')}: not without --yes (stdin is no terminal)")
+    if not typer.confirm(question, default=False, err=True):
+        raise typer.Abort()
+
+
 @app.command(
     "import",
     epilog=examples("hitl import tickets labelled.csv", "cat labelled.csv | hitl import tickets -"),
@@ -1433,6 +1564,8 @@ def serve_command(
 
     Serves Slack requests and the items API, posts review prompts and retrains nightly.
     """
+    import logging
+    import os
     import signal
     import threading
 
@@ -1445,15 +1578,37 @@ def serve_command(
         settings, host=host, port=port, socket_mode=socket or settings.slack_app_token is not None
     )
     stopped = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stopped.is_set():
+            # A second signal while draining: the operator wants out now, whatever is left
+            # (claims still held end with their lease).
+            os.write(2, b"hitl: stopping at once\n")
+            os._exit(128 + signum)
+        stopped.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopped.set())
+        signal.signal(signum, on_signal)
     runtime.start()
     mode = (
         "Socket Mode" if runtime.socket_mode else f"HTTP, Slack posts to {runtime.url}/slack/events"
     )
     typer.echo(f"hitl serving on {runtime.url} ({mode}); Ctrl-C stops", err=True)
     stopped.wait()
+    typer.echo(
+        f"hitl stopping: finishing work in flight (at most {settings.shutdown_seconds:g} s; "
+        "Ctrl-C again stops at once)",
+        err=True,
+    )
     runtime.stop()
+    typer.echo("hitl stopped", err=True)
+    # Everything was stopped or given back above. A thread still running is a send or a job
+    # past the budget, and Python joins pool threads at exit, which would hold the process
+    # until the network gives up: leave now, as a process boundary may.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @contextmanager

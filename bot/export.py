@@ -3,6 +3,7 @@
 import csv
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from typing import IO, Any
 
 from sqlalchemy import select
@@ -31,24 +32,25 @@ _BATCH = 2000
 
 
 def export_rows(
-    session: Session, task: Task, *, with_history: bool = True
+    session: Session,
+    task: Task,
+    *,
+    with_history: bool = True,
+    submitted_before: datetime | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One row per item, in submission order, streamed in batches.
 
     `answered_by` / `answered_at` name the answer that decided a person-given label;
     `answers` holds every answer of the item, oldest first (JSON Lines only: CSV has no room
-    for a list, so `write_export` leaves it out there).
+    for a list, so `write_export` leaves it out there). `submitted_before` keeps only the
+    items `hitl task purge` would delete.
     """
     last_id = 0
     while True:
-        items = list(
-            session.scalars(
-                select(Item)
-                .where(Item.task_id == task.id, Item.id > last_id)
-                .order_by(Item.id)
-                .limit(_BATCH)
-            )
-        )
+        query = select(Item).where(Item.task_id == task.id, Item.id > last_id)
+        if submitted_before is not None:
+            query = query.where(Item.submitted_at < submitted_before)
+        items = list(session.scalars(query.order_by(Item.id).limit(_BATCH)))
         if not items:
             return
         ids = [item.id for item in items]

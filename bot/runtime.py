@@ -1,6 +1,7 @@
 """The serve process: services → Slack client → Bolt app → poster → HTTP server, in one place."""
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -28,6 +29,7 @@ from bot.slack.install import installation_store, oauth_settings
 from bot.slack.messages import message_for
 from bot.slack.poster import Poster
 from bot.slack.reporting import publish_failure, publish_result
+from bot.webhooks import WebhookWorker
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,9 @@ class Runtime:
     socket_handler: SocketModeHandler | None = None
     threads: list[threading.Thread] = field(default_factory=list)
     models: ModelWarmup = field(default_factory=ModelWarmup)
+    webhooks: WebhookWorker | None = None
+    # Set on SIGTERM: `/readyz` answers 503 "draining" so that load balancers stop sending.
+    draining: threading.Event = field(default_factory=threading.Event)
     refresher: ModelRefresher | None = None
 
     def __post_init__(self) -> None:
@@ -116,7 +121,10 @@ class Runtime:
             and scheduler in ("running", "off")
             and posting.get("state") == "ok"
         )
-        return ready, {"models": self.models.as_dict(), "scheduler": scheduler, "posting": posting}
+        parts = {"models": self.models.as_dict(), "scheduler": scheduler, "posting": posting}
+        if self.draining.is_set():
+            return False, {"state": "draining", **parts}
+        return ready, parts
 
     def scheduler_state(self) -> str:
         """`running` or `stopped` when this process schedules the nightly retrain; else `off`."""
@@ -155,6 +163,9 @@ class Runtime:
         )
         self.refresher.start()
         self.poster.start()
+        # Results out: each resolved item POSTed to its task's webhook, if it has one.
+        self.webhooks = WebhookWorker(self.services.sessions)
+        self.webhooks.start()
         if schedule:
             deps = self.deps
             self.nightly = NightlyRetrain(
@@ -180,7 +191,8 @@ class Runtime:
             # the access lines are ours (bot.logs), with the request id.
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=5,
+            # Requests in flight at a SIGTERM get the whole shutdown budget to finish.
+            timeout_graceful_shutdown=math.ceil(self.services.settings.shutdown_seconds),
         )
         self.server = uvicorn.Server(config)
         thread = threading.Thread(target=self.server.run, name="hitl-http", daemon=True)
@@ -210,20 +222,37 @@ class Runtime:
             raise SlackSetupError(f"cannot reach Slack at {url}: {exc}") from None
         return handler
 
-    def stop(self) -> None:
-        """Stop serving and posting."""
+    def stop(self, *, grace: float | None = None) -> None:
+        """Stop taking work, finish what is in flight within `grace` seconds (default
+        HITL_SHUTDOWN_SECONDS), give back what is left, then stop the jobs.
+
+        `/readyz` says "draining" first; the poster stops claiming at once and, while the HTTP
+        server finishes its requests and acked listener work finishes, waits for its sends,
+        then releases the prompts it still holds (pending again, unconfirmed).
+        """
+        budget = self.services.settings.shutdown_seconds if grace is None else grace
+        deadline = time.monotonic() + budget
+        self.draining.set()
         if self.socket_handler is not None:
             # First, so no envelope arrives while the listener pool shuts down; without it the
             # handler's threads outlive us and Slack keeps sending to a socket that acks nothing.
             close_socket(self.socket_handler)
             self.socket_handler = None
+        # In its own thread: sends in flight and HTTP requests in flight share one budget.
+        posting = threading.Thread(
+            target=self.poster.stop, args=(budget,), name="hitl-poster-stop", daemon=True
+        )
+        posting.start()
         if self.server is not None:
             self.server.should_exit = True
         for thread in self.threads:
-            thread.join(10)
+            thread.join(max(0.0, deadline - time.monotonic()))
         if self.listeners is not None:
             self.listeners.shutdown(wait=True)  # clicks already acked finish their work
-        self.poster.stop()
+        # A moment past the budget: after its wait the poster gives its claims back.
+        posting.join(max(0.0, deadline - time.monotonic()) + 2.0)
+        if self.webhooks is not None:
+            self.webhooks.stop()
         if self.refresher is not None:
             self.refresher.stop()
         if self.nightly is not None:
@@ -240,6 +269,12 @@ def close_socket(handler: SocketModeHandler) -> None:
     client.closed = True
     client.message_queue.put(None)
     handler.close()  # type: ignore[no-untyped-call]  # bolt leaves close() unannotated
+
+
+def _has_secret(settings: Settings) -> bool:
+    """Whether a signing secret is set: an empty one verifies nothing (anyone can sign)."""
+    secret = settings.slack_signing_secret
+    return secret is not None and bool(secret.get_secret_value().strip())
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -272,7 +307,7 @@ def build_runtime(
         raise SlackSetupError("SLACK_BOT_TOKEN is not set; see README 'Set up in Slack'")
     if socket_mode and settings.slack_app_token is None:
         raise SlackSetupError("Socket Mode needs SLACK_APP_TOKEN (xapp-…, scope connections:write)")
-    if settings.slack_signing_secret is None and not socket_mode:
+    if not _has_secret(settings) and not socket_mode:
         raise SlackSetupError("SLACK_SIGNING_SECRET is not set; see README 'Set up in Slack'")
     services = services or build_services(settings)
     client = make_web_client(
@@ -340,7 +375,7 @@ def _build_multi_workspace(
 ) -> Runtime:
     """The serve process for many workspaces: OAuth install flow, a bot token per workspace
     from the installation store (no SLACK_BOT_TOKEN), HTTP only."""
-    if settings.slack_signing_secret is None:
+    if settings.slack_signing_secret is None or not _has_secret(settings):
         raise SlackSetupError("SLACK_SIGNING_SECRET is not set; see README 'Set up in Slack'")
     if socket_mode or settings.slack_app_token is not None:
         raise SlackSetupError(

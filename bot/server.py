@@ -182,7 +182,10 @@ def build_http_app(
     """
     settings = services.settings
     secret = settings.slack_signing_secret
+    # An empty secret is no secret: anyone could sign with it, so it verifies nothing.
     signing_secret = secret.get_secret_value().encode() if secret else None
+    if not signing_secret:
+        signing_secret = None
 
     def authorized(request: Request) -> Response | None:
         token = settings.api_token.get_secret_value() if settings.api_token else ""

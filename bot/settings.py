@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # this often (seconds).
     claim_lease_seconds: float = Field(120.0, ge=1.0, le=3600.0)
     model_refresh_seconds: float = Field(30.0, ge=1.0, le=3600.0)
+    # On SIGTERM `hitl serve` finishes requests and Slack posts in flight for at most this
+    # long, then gives back what it still holds; an orchestrator's grace period must be longer.
+    shutdown_seconds: float = Field(20.0, ge=1.0, le=600.0)
 
     slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")

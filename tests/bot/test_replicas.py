@@ -18,6 +18,7 @@ from bot import tasks as task_ops
 from bot.demo.standin import SlackStandIn
 from bot.ingest import IncomingItem
 from bot.registry import ModelRefresher, ModelRegistry, load_active_models, store_model
+from bot.retention import delete_task
 from bot.routing import submit
 from bot.services import Services, build_services, model_key
 from bot.settings import Settings
@@ -297,3 +298,26 @@ def test_a_refresh_that_fails_keeps_the_old_model_and_tries_again(services: Serv
     refresher = ModelRefresher(Sessions(), services.registry, interval=7.0, wait=wait)  # type: ignore[arg-type]
     refresher.run()
     assert calls == [7.0, 7.0, 7.0] and broken.is_set() and refresher.refreshed_at is None
+
+
+def test_a_deleted_tasks_cached_model_is_never_served_to_the_task_that_reuses_its_ids(
+    services: Services,
+) -> None:
+    """SQLite gives a deleted row's id to the next row: the new task's model v1 has the old
+    one's row id (and the task its task id), yet the registry serves the new model."""
+    promote(services, tiny_model())
+    with services.sessions.begin() as session:
+        old = services.registry.active(session, task_ops.get_task(session, "reviews"))
+        assert old is not None
+        delete_task(session, task_ops.get_task(session, "reviews"), actor="test")
+    flipped = train(
+        [t for t, _ in TINY],
+        [("negative" if lab == "positive" else "positive") for _, lab in TINY],
+        labels=["positive", "negative"],
+    )
+    promote(services, flipped)
+    with services.sessions.begin() as session:
+        new = services.registry.active(session, task_ops.get_task(session, "reviews"))
+    assert new is not None and new.classifier is not old.classifier
+    text = TINY[0][0]
+    assert new.classifier.predict([text]).predicted != old.classifier.predict([text]).predicted

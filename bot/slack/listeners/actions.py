@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bot.answers import get_item
-from bot.errors import HitlError
+from bot.errors import HitlError, NotFoundError
 from bot.review import (
     ALREADY_LABELLED,
     NEEDS_MORE,
@@ -41,6 +41,8 @@ from bot.storage.schema import utcnow
 from bot.trust import precision_alarm
 
 logger = logging.getLogger(__name__)
+
+DELETED_ITEM = "This item was deleted (or never existed); nothing was changed."
 
 
 def on_label_button(
@@ -123,6 +125,10 @@ def telling_the_person(deps: SlackDeps, body: dict[str, Any]) -> Iterator[None]:
     """Whatever fails after the ack, the person hears a short reason instead of silence."""
     try:
         yield
+    except NotFoundError:
+        # Its item was removed (`hitl task delete` or `purge`) after the message was posted;
+        # only a forged click names an item that never existed.
+        tell(deps, body, DELETED_ITEM)
     except HitlError as exc:
         tell(deps, body, f"Nothing was changed: {blocks.escape(str(exc))}")
     except DBAPIError:

@@ -256,13 +256,13 @@ def test_skip_and_override_of_a_missing_item_tell_the_person(harness: Harness) -
         listener(ack, harness.body("U0ANNA"), {"value": "987654"}, harness.context())
         assert ack.count == 1
     told = harness.client.named("chat_postEphemeral")
-    assert [t["text"] for t in told] == ["Nothing was changed: no item #987654"] * 2
+    assert [t["text"] for t in told] == [actions.DELETED_ITEM] * 2
 
 
 def test_an_item_id_beyond_32_bits_is_a_missing_item(harness: Harness) -> None:
     actions.on_skip(Ack(), harness.body("U0ANNA"), {"value": str(2**31)}, harness.context())
     (told,) = harness.client.named("chat_postEphemeral")
-    assert told["text"] == f"Nothing was changed: no item #{2**31}"
+    assert told["text"] == actions.DELETED_ITEM
 
 
 def test_a_click_while_the_database_is_down_is_not_lost_in_silence(
