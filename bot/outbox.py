@@ -37,6 +37,9 @@ from bot.storage.schema import AuditLog, ChannelTurn, Item, PostingBlock, Review
 # belongs to a poster that died mid-send, and goes back. A send gives up long before (its HTTP
 # timeout), so a live poster never loses a claim it still works on.
 STALE_CLAIM = timedelta(minutes=2)
+# A prompt given back by a replica that stops is due again after this many seconds: longer
+# than a send's HTTP timeout, so a send it abandoned has reached Slack or never will.
+GIVE_BACK_SETTLE = 15.0
 # A blocked channel (or token) is probed with one post after 30 s, then 60 s, 120 s … 15 min.
 FIRST_PROBE = 30.0
 MAX_PROBE_INTERVAL = 900.0
@@ -196,18 +199,23 @@ def release_stale_claims(session: Session, *, now: datetime) -> int:
     return _give_back(session, (ReviewPrompt.status == PromptState.SENDING) & expired, now=now)
 
 
-def release_claims(session: Session, owner: str, *, now: datetime) -> int:
+def release_claims(
+    session: Session, owner: str, *, now: datetime, settle: float = GIVE_BACK_SETTLE
+) -> int:
     """Give back every prompt `owner` still holds (it is shutting down): pending again,
-    unconfirmed, so the next poster looks in Slack before posting; returns how many."""
+    unconfirmed, so the next poster looks in Slack before posting; returns how many. They are
+    due after `settle` seconds: a send abandoned in flight may still reach Slack, and a look
+    that comes before it would post the prompt twice."""
     held = (ReviewPrompt.status == PromptState.SENDING) & (ReviewPrompt.claimed_by == owner)
-    return _give_back(session, held, now=now)
+    return _give_back(session, held, now=now, due=now + timedelta(seconds=settle))
 
 
-def _give_back(session: Session, where: Any, *, now: datetime) -> int:
+def _give_back(session: Session, where: Any, *, now: datetime, due: datetime | None = None) -> int:
     released = session.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
         update(ReviewPrompt)
         .where(where)
         .values(
+            next_attempt_at=now if due is None else due,
             status=PromptState.PENDING,
             # The claim's time is when that send began; Slack may have stored it since.
             unconfirmed_since=func.coalesce(

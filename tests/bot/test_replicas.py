@@ -105,6 +105,10 @@ def test_shutdown_gives_back_only_the_replicas_own_claims(services: Services) ->
     later = T0 + timedelta(seconds=1)
     with services.sessions.begin() as session:
         assert outbox.release_claims(session, "leaving", now=later) == 1
+        # Due once a send it may have abandoned in flight has reached Slack or never will.
+        released = session.get(ReviewPrompt, 1)
+        assert released is not None
+        assert released.next_attempt_at == later + timedelta(seconds=outbox.GIVE_BACK_SETTLE)
     assert prompt_rows(services) == [
         ("pending", None, T0),
         ("sending", "staying", None),

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import pytest
 from slack_sdk import WebClient
 from sqlalchemy import select
 
+from bot import outbox
 from bot import tasks as task_ops
 from bot.demo.standin import SlackStandIn
 from bot.runtime import Runtime, free_port
@@ -32,7 +34,7 @@ from bot.settings import Settings
 from bot.slack.messages import message_for
 from bot.slack.poster import PROMPT_EVENT, Poster
 from bot.states import PromptState
-from bot.storage.schema import Item, ReviewPrompt, Task
+from bot.storage.schema import Item, ReviewPrompt, Task, utcnow
 from tests.bot.test_observability import READY_PARTS, call, wait_for
 from tests.bot.test_observability import runtime as runtime  # a fixture, by name
 
@@ -181,13 +183,16 @@ def test_sigterm_finishes_work_in_flight_and_loses_nothing(tmp_path: Path) -> No
         assert prompts["slow"][2] is not None
         assert late == PromptState.PENDING  # stored, and waits for the next poster
 
-        # The next poster finds the slow prompt's message and does not post it again.
+        # The next poster waits until a send abandoned in flight has settled, then finds the
+        # slow prompt's message and does not post it again.
         slack.delay_replies("chat.postMessage", 0)
+        settled = timedelta(seconds=outbox.GIVE_BACK_SETTLE + 1)
         poster = Poster(
             services.sessions,
             WebClient(token="xoxb-test", base_url=slack.api_url),
             message_for,
             min_interval=0.01,
+            now=lambda: utcnow() + settled,
         )
         poster.run_once()
         assert poster.wait_for_sends(10)
