@@ -25,6 +25,7 @@ from bot.services import Services, build_services
 from bot.settings import Settings
 from bot.slack.app import build_bolt_app, listener_pool
 from bot.slack.context import SlackDeps, WorkspaceClients, make_web_client
+from bot.slack.followups import Followups
 from bot.slack.install import installation_store, oauth_settings
 from bot.slack.messages import message_for
 from bot.slack.poster import Poster
@@ -249,6 +250,8 @@ class Runtime:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self.listeners is not None:
             self.listeners.shutdown(wait=True)  # clicks already acked finish their work
+        if self.deps.followups is not None:  # and what Slack shows after them, in the budget
+            self.deps.followups.stop(max(0.0, deadline - time.monotonic()))
         # A moment past the budget: after its wait the poster gives its claims back.
         posting.join(max(0.0, deadline - time.monotonic()) + 2.0)
         if self.webhooks is not None:
@@ -330,6 +333,7 @@ def build_runtime(
         services=services,
         client=client,
         background=ThreadPoolExecutor(max_workers=2, thread_name_prefix="hitl-job"),
+        followups=Followups(),
         clients=WorkspaceClients(client),
     )
     secret = settings.slack_signing_secret
@@ -400,6 +404,7 @@ def _build_multi_workspace(
         services=services,
         client=client,
         background=ThreadPoolExecutor(max_workers=2, thread_name_prefix="hitl-job"),
+        followups=Followups(),
         clients=clients,
     )
     listeners = listener_pool()

@@ -17,6 +17,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 from slack_sdk.oauth.installation_store import InstallationStore
 
 from bot.services import Services
+from bot.slack.followups import Followups
 from bot.slack.pacing import CallObserver, ObservedWebClient, PacedWebClient, Pacer
 
 
@@ -81,6 +82,8 @@ class SlackDeps:
     background: Executor
     clients: WorkspaceClients | None = None
     team_id: str | None = None
+    # Where the Slack calls that follow a click run (None: on the listener thread, in tests).
+    followups: Followups | None = None
 
     def client_for_team(self, team_id: str | None) -> WebClient | None:
         """The client that posts to workspace `team_id` (None when it is not installed)."""

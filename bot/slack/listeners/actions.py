@@ -8,7 +8,7 @@ channel once.
 """
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -237,9 +237,41 @@ def choose(deps: SlackDeps, body: dict[str, Any], value: str) -> None:
     if outcome.status in (STORED, NEEDS_MORE):
         source = AnswerSource.SPOT_CHECK if view.spot_check else AnswerSource.SLACK
         deps.services.metrics.answers.labels(source=source.value).inc()
+    channel, ts = where(body)
+    message = (channel, ts) if ts else None
+    later(
+        deps,
+        lambda: show_outcome(deps, body, view, outcome, alarm, message),
+        redraws=message,
+    )
+
+
+def later(
+    deps: SlackDeps, work: Callable[[], None], *, redraws: tuple[str, str] | None = None
+) -> None:
+    """Run the Slack calls that follow a click off the listener thread (`bot.slack.followups`),
+    or at once when the deps have no follow-up threads (tests that run listeners inline)."""
+    if deps.followups is None:
+        work()
+    else:
+        deps.followups.submit(work, redraws=redraws)
+
+
+def show_outcome(
+    deps: SlackDeps,
+    body: dict[str, Any],
+    view: ItemView,
+    outcome: ClickOutcome,
+    alarm: tuple[str, dict[str, Any]] | None,
+    message: tuple[str, str] | None,
+) -> None:
+    """What Slack shows after a stored click: the redrawn message, replies, notices."""
+    item_id, user, admins = view.item_id, body["user"]["id"], deps.services.settings.admin_ids
     if outcome.status == ALREADY_LABELLED:
         tell(deps, body, already(outcome))
-    refresh(deps, body, item_id)
+    # A later click on the same message, still queued, redraws it with this answer too.
+    if message is not None and not (deps.followups and deps.followups.superseded(message)):
+        refresh(deps, body, item_id)
     if outcome.status == NEEDS_MORE:
         agreeing = sum(1 for _, label in outcome.answers if label == outcome.label)
         note = blocks.votes_waiting_text(
