@@ -32,7 +32,7 @@ class Followups:
         self.completed = 0  # follow-ups run to their end (or their error), for tests and waits
         self._redraws: Counter[tuple[str, str]] = Counter()
 
-    def submit(self, work: Callable[[], None], *, redraws: tuple[str, str] | None = None) -> None:
+    def submit(self, work: Callable[[], object], *, redraws: tuple[str, str] | None = None) -> None:
         """Run `work` later; `redraws` names the message (channel, ts) it redraws, if any."""
         with self._lock:
             self._queued += 1
@@ -50,7 +50,7 @@ class Followups:
                 del self._redraws[message]
             return later
 
-    def _run(self, work: Callable[[], None]) -> None:
+    def _run(self, work: Callable[[], object]) -> None:
         try:
             work()
         except Exception:  # a worker's boundary: the answer is stored; only the display lags
