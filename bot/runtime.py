@@ -20,7 +20,7 @@ from bot.metrics import CountersCollector
 from bot.posting_hours import PostingRules
 from bot.registry import ModelRefresher, load_active_models
 from bot.scheduler import NightlyRetrain
-from bot.server import build_http_app
+from bot.server import ClickQueue, build_http_app
 from bot.services import Services, build_services
 from bot.settings import Settings
 from bot.slack.app import build_bolt_app, listener_pool
@@ -90,6 +90,7 @@ class Runtime:
     # Set on SIGTERM: `/readyz` answers 503 "draining" so that load balancers stop sending.
     draining: threading.Event = field(default_factory=threading.Event)
     refresher: ModelRefresher | None = None
+    clicks: ClickQueue | None = None
 
     def __post_init__(self) -> None:
         stats = self.poster.stats
@@ -177,6 +178,9 @@ class Runtime:
                 ),
             )
             self.nightly.start()
+        if not self.socket_mode:
+            # Clicks are acknowledged once verified and queued, and handled right after.
+            self.clicks = ClickQueue()
         config = uvicorn.Config(
             build_http_app(
                 self.services,
@@ -184,6 +188,7 @@ class Runtime:
                 on_review=self.poster.wake,
                 health=self.health,
                 readiness=self.readiness,
+                clicks=self.clicks,
             ),
             host=self.host,
             port=self.port,
@@ -248,6 +253,10 @@ class Runtime:
             self.server.should_exit = True
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        # Clicks acknowledged and queued are handled, within the budget.
+        left = max(0.0, deadline - time.monotonic())
+        if self.clicks is not None and not self.clicks.stop(left):
+            logger.warning("stopping with acknowledged clicks still queued")
         if self.listeners is not None:
             self.listeners.shutdown(wait=True)  # clicks already acked finish their work
         if self.deps.followups is not None:  # and what Slack shows after them, in the budget

@@ -1,22 +1,29 @@
 """The HTTP side of `hitl serve`: Slack's requests, the items API, health, readiness and metrics."""
 
+import asyncio
+import functools
 import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
-from slack_bolt import App
+import anyio
+import anyio.to_thread
+from slack_bolt import App, BoltRequest
 from slack_bolt.adapter.starlette.handler import to_bolt_request, to_starlette_response
 from slack_bolt.request.internals import parse_body
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -68,6 +75,31 @@ def _status_for(exc: HitlError) -> int:
     if isinstance(exc, SchemaError):
         return 422
     return 400
+
+
+T = TypeVar("T")
+# Threads per kind of request. Each kind has its own budget, so that one cannot starve another:
+# a burst of clicks, each holding a thread until its listener acks, leaves the items API and
+# the probes theirs (they shared 40 before, and a load balancer's health checks timed out).
+THREADS = {"slack": 64, "api": 32, "probe": 8}
+
+
+class ThreadBudgets:
+    """Runs blocking calls in threads, within the budget of their kind (`THREADS`)."""
+
+    def __init__(self) -> None:
+        # Per event loop: a limiter belongs to the loop that made it (tests start several).
+        self._limiters: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, anyio.CapacityLimiter]
+        ] = weakref.WeakKeyDictionary()
+
+    async def run(self, kind: str, call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)` in a worker thread once one of `kind`'s is free."""
+        limiters = self._limiters.setdefault(asyncio.get_running_loop(), {})
+        limiter = limiters.get(kind)
+        if limiter is None:
+            limiter = limiters[kind] = anyio.CapacityLimiter(THREADS[kind])
+        return await anyio.to_thread.run_sync(functools.partial(call, *args), limiter=limiter)
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -166,6 +198,84 @@ def check_slack_body(raw: bytes, content_type: str | None) -> str | None:
     return None
 
 
+def is_click(raw: bytes, content_type: str | None) -> bool:
+    """Whether a signed, well-formed body is a click on a message (`block_actions` with its
+    actions and its person): the one kind of request whose answer Slack does not read."""
+    try:
+        # Bolt's parser already decodes a form's `payload` field.
+        payload = parse_body(raw.decode("utf-8"), content_type)
+    except (ValueError, RecursionError, TypeError):
+        return False
+    if not isinstance(payload, dict) or payload.get("type") != "block_actions":
+        return False
+    actions, user = payload.get("actions"), payload.get("user")
+    return (
+        isinstance(actions, list)
+        and bool(actions)
+        and all(isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions)
+        and isinstance(user, dict)
+        and isinstance(user.get("id"), str)
+    )
+
+
+def dispatch_click(bolt_app: App, request: BoltRequest) -> None:
+    """Hand an acknowledged click to Bolt (a click worker's boundary: log, never raise)."""
+    try:
+        response = bolt_app.dispatch(request)
+    except Exception:
+        logger.exception("Bolt could not handle a signed click")
+        return
+    if response.status >= 400:
+        logger.warning("a signed click was not handled (Bolt answered %d)", response.status)
+
+
+class ClickQueue:
+    """Clicks acknowledged at once and handled by `workers` threads.
+
+    Slack reads nothing from a click's answer but its 200, and needs it within 3 seconds. Sent
+    through Bolt in the request, the answer waited for a listener thread to start and ack; under
+    a burst of clicks that wait grew past a second. Here a verified, well-formed click is
+    answered as soon as it is queued, and Bolt handles it right after, as it would have after
+    its own ack. At most `limit` clicks wait: past that, clicks go through Bolt in the request
+    again, so a flood slows its senders down instead of filling memory.
+    """
+
+    def __init__(self, workers: int = 8, limit: int = 500) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="hitl-click")
+        self._lock = threading.Condition()
+        self._waiting = 0
+        self._limit = limit
+
+    def take(self, handle: Callable[[], None]) -> bool:
+        """Queue `handle`; False (not queued) when `limit` clicks already wait, or stopped."""
+        with self._lock:
+            if self._waiting >= self._limit:
+                return False
+            self._waiting += 1
+        try:
+            self._pool.submit(self._run, handle)
+        except RuntimeError:  # shut down: the caller handles it in the request
+            with self._lock:
+                self._waiting -= 1
+            return False
+        return True
+
+    def _run(self, handle: Callable[[], None]) -> None:
+        try:
+            handle()
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                self._lock.notify_all()
+
+    def stop(self, timeout: float) -> bool:
+        """Take no more clicks and handle the queued ones, for up to `timeout` seconds; False
+        if some were still waiting then."""
+        self._pool.shutdown(wait=False)
+        with self._lock:
+            return self._lock.wait_for(lambda: self._waiting == 0, timeout)
+
+
 def build_http_app(
     services: Services,
     *,
@@ -173,14 +283,17 @@ def build_http_app(
     on_review: Callable[[], None] | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
     readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
+    clicks: ClickQueue | None = None,
 ) -> ASGIApp:
     """The ASGI application; `bolt_app` is None when Slack talks to us over Socket Mode.
 
     `health` adds the serve process's own parts (posting, Socket Mode) to `/healthz`;
     `readiness` says whether the process's own parts (models, scheduler, posting) are ready,
-    and shows them in `/readyz`. Both must answer fast and never raise.
+    and shows them in `/readyz`. Both must answer fast and never raise. With `clicks`, clicks
+    on messages are acknowledged as soon as they are verified and queued (`ClickQueue`).
     """
     settings = services.settings
+    threads = ThreadBudgets()
     secret = settings.slack_signing_secret
     # An empty secret is no secret: anyone could sign with it, so it verifies nothing.
     signing_secret = secret.get_secret_value().encode() if secret else None
@@ -232,11 +345,17 @@ def build_http_app(
         problem = check_slack_body(raw, request.headers.get("content-type"))
         if problem is not None:
             return _error(400, problem)
+        if clicks is not None and is_click(raw, request.headers.get("content-type")):
+            bolt_request = to_bolt_request(request, raw)
+            if clicks.take(lambda: dispatch_click(bolt_app, bolt_request)):
+                return Response(status_code=200)
         # Bolt's dispatch blocks until the listener acks; keep it off the event loop.
         try:
-            response = await run_in_threadpool(bolt_app.dispatch, to_bolt_request(request, raw))
+            response = await threads.run("slack", bolt_app.dispatch, to_bolt_request(request, raw))
         except Exception:  # a signed payload Bolt cannot handle (e.g. a click with no action)
             logger.exception("Bolt could not handle a signed request")
+            return _error(400, "could not process this Slack request")
+        if response.status >= 500:  # a middleware failed on it (Bolt logged why): its shape
             return _error(400, "could not process this Slack request")
         return to_starlette_response(response)
 
@@ -246,7 +365,7 @@ def build_http_app(
             return _error(404, "not installable: set SLACK_CLIENT_ID and SLACK_CLIENT_SECRET")
         bolt_request = to_bolt_request(request, b"")
         return to_starlette_response(
-            await run_in_threadpool(flow.handle_installation, bolt_request)
+            await threads.run("slack", flow.handle_installation, bolt_request)
         )
 
     async def oauth_redirect(request: Request) -> Response:
@@ -256,7 +375,7 @@ def build_http_app(
         # Bolt checks the state (our state store and the browser's cookie) before it trades
         # the code for a token.
         bolt_request = to_bolt_request(request, b"")
-        return to_starlette_response(await run_in_threadpool(flow.handle_callback, bolt_request))
+        return to_starlette_response(await threads.run("slack", flow.handle_callback, bolt_request))
 
     async def post_items(request: Request) -> Response:
         refused = authorized(request)
@@ -270,10 +389,10 @@ def build_http_app(
             )
         try:
             items = parse_items_body(raw)
-            results = await run_in_threadpool(_submit, request.path_params["task"], items)
+            results = await threads.run("api", _submit, request.path_params["task"], items)
         except HitlError as exc:
             return _error(_status_for(exc), str(exc))
-        except DBAPIError as exc:
+        except (DBAPIError, PoolTimeout) as exc:
             return _database_error(exc)
         task_name = request.path_params["task"]
         for result in results:
@@ -302,19 +421,24 @@ def build_http_app(
         if refused is not None:
             return refused
         try:
-            found = await run_in_threadpool(
-                item_status, services, request.path_params["task"], request.path_params["item"]
+            found = await threads.run(
+                "api",
+                item_status,
+                services,
+                request.path_params["task"],
+                request.path_params["item"],
             )
         except HitlError as exc:
             return _error(_status_for(exc), str(exc))
-        except DBAPIError as exc:
+        except (DBAPIError, PoolTimeout) as exc:
             return _database_error(exc)
         return JSONResponse({"ok": True, "item": found})
 
     async def healthz(_: Request) -> Response:
-        parts = health() if health is not None else {}
+        # The posting part reads the database too: never on the event loop.
+        parts = await threads.run("probe", health) if health is not None else {}
         try:
-            await run_in_threadpool(_ping)
+            await threads.run("probe", _ping)
         except Exception:  # a health check reports every failure, whatever its type
             # The driver's message names hosts and ports: it goes to the log, not to callers.
             logger.exception("health check: the database does not answer")
@@ -322,9 +446,9 @@ def build_http_app(
         return JSONResponse({"ok": True, "database": "ok", **parts})
 
     async def readyz(_: Request) -> Response:
-        ready, parts = await run_in_threadpool(readiness) if readiness is not None else (True, {})
+        ready, parts = await threads.run("probe", readiness) if readiness else (True, {})
         try:
-            await run_in_threadpool(_ping)
+            await threads.run("probe", _ping)
         except Exception:  # a readiness check reports every failure, whatever its type
             logger.warning("readiness check: the database does not answer", exc_info=True)
             return JSONResponse({"ok": False, "database": "unavailable", **parts}, status_code=503)
@@ -334,7 +458,7 @@ def build_http_app(
 
     async def metrics(_: Request) -> Response:
         # The database gauges run queries: off the event loop.
-        body = await run_in_threadpool(services.metrics.render)
+        body = await threads.run("probe", services.metrics.render)
         return Response(body, media_type=CONTENT_TYPE)
 
     def _ping() -> None:
@@ -362,8 +486,12 @@ def build_http_app(
     return RequestIdMiddleware(app)
 
 
-def _database_error(exc: DBAPIError) -> JSONResponse:
-    """A database failure as JSON: 503 while it is unreachable, else 409 (a lost race)."""
+def _database_error(exc: DBAPIError | PoolTimeout) -> JSONResponse:
+    """A database failure as JSON: 503 while it is unreachable or every connection is busy,
+    else 409 (a lost race)."""
+    if isinstance(exc, PoolTimeout):
+        logger.warning("no free database connection in time: %s", exc)
+        return _error(503, "the database is busy; nothing was stored, try again shortly")
     if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
         logger.warning("database unavailable: %s", exc.orig)
         return _error(503, "the database is unavailable; nothing was stored, try again shortly")

@@ -24,6 +24,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
+        # A serving replica has up to 64 listener, 32 API and a few job threads: a pool of 5
+        # (+10 overflow), SQLAlchemy's default, kept clicks waiting seconds for a connection
+        # under load. 30 a process keeps two replicas and the CLI well inside PostgreSQL's
+        # default 100 connections; a wait past 10 s is an error (503), not a hang.
+        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("max_overflow", 20)
+        kwargs.setdefault("pool_timeout", 10)
         return create_engine(url, **kwargs)
     if parsed.database not in (None, "", ":memory:") and not parsed.database.startswith("file:"):
         _create_private(Path(parsed.database))

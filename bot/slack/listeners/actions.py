@@ -16,6 +16,7 @@ from typing import Any
 from slack_bolt import Ack, BoltContext
 from slack_sdk.errors import SlackApiError
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from bot.answers import get_item
@@ -131,7 +132,7 @@ def telling_the_person(deps: SlackDeps, body: dict[str, Any]) -> Iterator[None]:
         tell(deps, body, DELETED_ITEM)
     except HitlError as exc:
         tell(deps, body, f"Nothing was changed: {blocks.escape(str(exc))}")
-    except DBAPIError:
+    except (DBAPIError, PoolTimeout):
         logger.exception("a click could not be stored")
         tell(
             deps,
