@@ -183,6 +183,14 @@ def test_image_serves_on_the_exposed_port_by_default() -> None:
 # --- compose.yaml and the proxy ------------------------------------------------------------
 
 
+def test_replicas_get_longer_to_stop_than_they_take_to_drain() -> None:
+    services = compose()["services"]
+    drain = Settings(_env_file=None).shutdown_seconds
+    for name in ("bot1", "bot2"):
+        grace = services[name]["stop_grace_period"]
+        assert grace.endswith("s") and float(grace[:-1]) > drain, name
+
+
 def test_compose_has_postgres_a_migration_two_replicas_and_a_proxy() -> None:
     """The services, and the order they start in: postgres → migrate (once) → bots → proxy."""
     services = compose()["services"]
