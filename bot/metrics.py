@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.queue import queue_summary
 from bot.states import ModelStatus
-from bot.storage.schema import ModelVersion
+from bot.storage.schema import ModelVersion, Task, WebhookDelivery
 from bot.tasks import list_tasks
 from bot.trust import live_precision
 
@@ -135,7 +135,20 @@ class DatabaseCollector(Collector):
         waiting = GaugeMetricFamily(
             "hitl_queue_waiting", "Items of a task waiting for a person.", labels=["task"]
         )
+        webhooks = GaugeMetricFamily(
+            "hitl_webhook_events",
+            "Webhook events of a task by state: pending (queued or retrying), delivered, failed "
+            "(given up after a day), cancelled (the webhook was removed).",
+            labels=["task", "state"],
+        )
         with self._sessions.begin() as session:
+            counts = session.execute(
+                select(Task.name, WebhookDelivery.status, func.count())
+                .join(Task, Task.id == WebhookDelivery.task_id)
+                .group_by(Task.name, WebhookDelivery.status)
+            )
+            for name, state, count in counts:
+                webhooks.add_metric([name, state], count)
             rows = session.execute(
                 select(ModelVersion.task_id, ModelVersion.version).where(
                     ModelVersion.status == ModelStatus.ACTIVE
@@ -149,7 +162,7 @@ class DatabaseCollector(Collector):
                 if live.estimate is not None:
                     precision.add_metric([task.name], live.estimate)
                 waiting.add_metric([task.name], queue_summary(session, task).waiting)
-        yield from (version, precision, waiting)
+        yield from (version, precision, waiting, webhooks)
 
 
 class CountersCollector(Collector):

@@ -15,20 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
 from bot import outbox
 from bot import tasks as task_ops
+from bot.answers import import_examples
 from bot.demo.simulator import SlackUser
 from bot.demo.standin import SlackStandIn
+from bot.ingest import IncomingItem
 from bot.logs import log_handler, sane_request_id
+from bot.metrics import DatabaseCollector
 from bot.runtime import Runtime, build_runtime, free_port
 from bot.server import build_http_app
-from bot.services import build_services
+from bot.services import Services, build_services
 from bot.settings import Settings
 from bot.slack import ids
 from bot.states import PostingScope
-from bot.storage.schema import utcnow
+from bot.storage.schema import WebhookDelivery, utcnow
+from bot.webhooks import set_webhook
 from tests.bot.conftest import TOKEN, serving
 
 SECRET = "observed-signing-secret"
@@ -299,3 +305,36 @@ def test_the_log_format_setting_is_checked() -> None:
     assert Settings(_env_file=None, log_format=" JSON ").log_format == "json"
     with pytest.raises(ValueError, match="text or json"):
         Settings(_env_file=None, log_format="xml")
+
+
+def test_metrics_count_webhook_events_by_task_and_state(sqlite_services: Services) -> None:
+    with sqlite_services.sessions.begin() as session:
+        hooked = task_ops.create_task(session, "hooked", ["a", "b"], threshold=0.9)
+        task_ops.create_task(session, "plain", ["a", "b"], threshold=0.9)
+        set_webhook(session, hooked, "https://example.com/hook", actor="test")
+    for name in ("hooked", "plain"):
+        with sqlite_services.sessions.begin() as session:
+            import_examples(
+                session,
+                task_ops.get_task(session, name),
+                [IncomingItem(f"{name} {n}", label="a") for n in range(3)],
+                max_chars=100,
+            )
+    with sqlite_services.sessions.begin() as session:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.sequence == 1, WebhookDelivery.item_id == 1)
+            .values(status="failed")
+        )
+    registry = CollectorRegistry()
+    registry.register(DatabaseCollector(sqlite_services.sessions))
+    scraped = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    events = {key: value for key, value in scraped.items() if key[0] == "hitl_webhook_events"}
+    assert events == {
+        ("hitl_webhook_events", (("state", "pending"), ("task", "hooked"))): 2,
+        ("hitl_webhook_events", (("state", "failed"), ("task", "hooked"))): 1,
+    }
