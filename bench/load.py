@@ -59,6 +59,7 @@ from tests.serve_processes import (
     API_TOKEN,
     SIGNING_SECRET,
     ServeProcess,
+    first_label_button,
     fresh_database,
     serve_env,
     start_serve,
@@ -172,12 +173,7 @@ class ClickSource:
     def _click_for(self, message: dict[str, Any], channel: str, item_id: int) -> Click:
         user = f"U0LOAD{next(self._people):05d}"
         person = SlackUser(self._events_url, SIGNING_SECRET, user_id=user, standin=self._slack)
-        action = next(
-            element
-            for block in message["blocks"]
-            for element in block.get("elements") or []
-            if str(element.get("action_id", "")).startswith("hitl_label:")
-        )
+        action = first_label_button(message)
         payload = person.button_click_payload(
             message, action["action_id"], value=action["value"], channel_id=channel
         )

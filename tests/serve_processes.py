@@ -11,17 +11,29 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from bot.runtime import free_port
+from bot.slack.ids import ACTION_LABEL
 
 # The hitl console script of the environment running the tests.
 HITL = str(Path(sys.executable).with_name("hitl"))
 SIGNING_SECRET = "fault-signing-secret"
 API_TOKEN = "fault-api-token"
+
+
+def first_label_button(message: dict[str, Any]) -> dict[str, Any]:
+    """The first label button of a prompt message (its action_id and value)."""
+    return next(
+        element
+        for block in message["blocks"]
+        for element in block.get("elements") or []
+        if str(element.get("action_id", "")).startswith(f"{ACTION_LABEL}:")
+    )
 
 
 def clean_env(**overrides: str) -> dict[str, str]:

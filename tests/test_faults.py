@@ -49,6 +49,7 @@ from tests.serve_processes import (
     API_TOKEN,
     SIGNING_SECRET,
     ServeProcess,
+    first_label_button,
     fresh_database,
     serve_env,
     start_serve,
@@ -97,12 +98,7 @@ def click_first_label(
 ) -> int:
     """Click the message's first label button as `user`, signed as Slack signs; the status."""
     person = SlackUser(f"{replica.url}/slack/events", SIGNING_SECRET, user_id=user, standin=slack)
-    action = next(
-        element
-        for block in message["blocks"]
-        for element in block.get("elements") or []
-        if str(element.get("action_id", "")).startswith("hitl_label:")
-    )
+    action = first_label_button(message)
     delivery = person.click_button(
         message, action["action_id"], value=action["value"], channel_id=channel
     )

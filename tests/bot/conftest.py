@@ -151,8 +151,19 @@ def hitl(
 ) -> Iterator[Hitl]:
     """Run `hitl ARGS...` in-process on a SQLite file in `tmp_path` (also the working
     directory); returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("HITL_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.chdir(tmp_path)
+    yield from cli_on(f"sqlite:///{tmp_path / 'cli.db'}", tmp_path, monkeypatch, capsys)
+
+
+def cli_on(
+    database_url: str,
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Iterator[Hitl]:
+    """`hitl ARGS...` in-process on `database_url`, run in `folder`; (exit code, stdout,
+    stderr). For a fixture to yield from."""
+    monkeypatch.setenv("HITL_DATABASE_URL", database_url)
+    monkeypatch.chdir(folder)
     cli.services.cache_clear()
 
     def run(*args: str) -> tuple[int, str, str]:
@@ -162,4 +173,6 @@ def hitl(
         return code, captured.out, err.getvalue() + captured.err
 
     yield run
+    if cli.services.cache_info().currsize:
+        cli.services().engine.dispose()  # PostgreSQL connections would outlive the test
     cli.services.cache_clear()

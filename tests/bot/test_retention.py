@@ -35,6 +35,7 @@ from bot.storage.schema import (
     TextVector,
 )
 from bot.training import retrain_task
+from tests.bot.conftest import Hitl, cli_on
 from tests.bot.slack.test_listeners import CHANNEL, Ack, FakeClient, InlineExecutor, post_prompt
 from tests.conftest import TINY
 
@@ -107,22 +108,9 @@ def hitl_db(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> Iterator[Any]:
+) -> Iterator[Hitl]:
     """`hitl ARGS...` in-process on the seeded database; (exit code, stdout, stderr)."""
-    monkeypatch.setenv("HITL_DATABASE_URL", seeded.settings.database_url)
-    monkeypatch.chdir(tmp_path)
-    cli.services.cache_clear()
-
-    def run(*args: str) -> tuple[int, str, str]:
-        err = io.StringIO()
-        code = cli.main(list(args), stderr=err)
-        captured = capsys.readouterr()
-        return code, captured.out, err.getvalue() + captured.err
-
-    yield run
-    if cli.services.cache_info().currsize:
-        cli.services().engine.dispose()  # PostgreSQL connections would outlive the test
-    cli.services.cache_clear()
+    yield from cli_on(seeded.settings.database_url, tmp_path, monkeypatch, capsys)
 
 
 # --- the storage functions ----------------------------------------------------------------
