@@ -177,36 +177,34 @@ def is_ssl_check(raw: bytes) -> bool:
     return form.get("ssl_check") == ["1"] and "payload" not in form and "command" not in form
 
 
-def check_slack_body(raw: bytes, content_type: str | None) -> str | None:
-    """What is wrong with a signed Slack body that Bolt could not parse, or None when fine."""
+def read_slack_body(
+    raw: bytes, content_type: str | None
+) -> tuple[dict[str, Any], None] | tuple[None, str]:
+    """A signed Slack body as Bolt will parse it (payload, None), or (None, what is wrong)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return "body is not valid UTF-8"
+        return None, "body is not valid UTF-8"
     try:
+        # Bolt's parser already decodes a form's `payload` field.
         parsed = parse_body(text, content_type)
         if isinstance(parsed, dict) and "payload" in parsed:
             parsed = json.loads(parsed["payload"])
     except (ValueError, RecursionError, TypeError):
-        return "body is not a Slack payload"
+        return None, "body is not a Slack payload"
     # Every request Slack sends names what it is: a `type` (events, interactions, url
     # verification), a `command`, or an `ssl_check`.
     if not isinstance(parsed, dict) or not any(
         k in parsed for k in ("type", "command", "ssl_check")
     ):
-        return "body is not a Slack payload"
-    return None
+        return None, "body is not a Slack payload"
+    return parsed, None
 
 
-def is_click(raw: bytes, content_type: str | None) -> bool:
-    """Whether a signed, well-formed body is a click on a message (`block_actions` with its
-    actions and its person): the one kind of request whose answer Slack does not read."""
-    try:
-        # Bolt's parser already decodes a form's `payload` field.
-        payload = parse_body(raw.decode("utf-8"), content_type)
-    except (ValueError, RecursionError, TypeError):
-        return False
-    if not isinstance(payload, dict) or payload.get("type") != "block_actions":
+def is_click(payload: dict[str, Any]) -> bool:
+    """Whether a Slack payload is a click on a message (`block_actions` with its actions and
+    its person): the one kind of request whose answer Slack does not read."""
+    if payload.get("type") != "block_actions":
         return False
     actions, user = payload.get("actions"), payload.get("user")
     return (
@@ -342,10 +340,10 @@ def build_http_app(
         # ever hashed.
         if not signed(raw, request):
             return _error(401, "invalid or missing Slack signature")
-        problem = check_slack_body(raw, request.headers.get("content-type"))
-        if problem is not None:
-            return _error(400, problem)
-        if clicks is not None and is_click(raw, request.headers.get("content-type")):
+        payload, problem = read_slack_body(raw, request.headers.get("content-type"))
+        if payload is None:
+            return _error(400, problem or "body is not a Slack payload")
+        if clicks is not None and is_click(payload):
             bolt_request = to_bolt_request(request, raw)
             if clicks.take(lambda: dispatch_click(bolt_app, bolt_request)):
                 return Response(status_code=200)
